@@ -1,1 +1,21 @@
+//! chat-gateway: a QUIC gateway for very large group chats.
+//!
+//! Layout (see `docs/ARCHITECTURE.md` for the whole codemap):
+//! - [`server`]: the QUIC shell — endpoint, connection tasks, push stream writer.
+//! - [`session`]: per-connection logic without sockets — request handling, delivery state.
+//! - [`node`]: this gateway's local map of connections ↔ users ↔ groups, and fan-out.
+//! - [`store`]: groups, members, group logs, cursors ([`store::EmbeddedStore`] by default).
+//! - [`bus`]: events between gateways ([`bus::LocalBus`] on a single node).
+//! - [`auth`], [`tls`], [`config`]: tokens, certificates, settings.
 
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod node;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{Gateway, StartError};

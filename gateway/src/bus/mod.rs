@@ -1,0 +1,58 @@
+//! The bus carries events between gateways: a group's messages on the group's topic,
+//! membership changes on the affected user's topic. A gateway subscribes to a topic only
+//! while it holds a local connection that cares, so no table of who is online where
+//! exists anywhere. [`LocalBus`] serves a single node.
+
+mod local;
+
+pub use local::LocalBus;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// Where an event is published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Messages of one group. Never carries the member list.
+    Group(String),
+    /// Membership changes concerning one user.
+    User(String),
+}
+
+/// What travels on the bus.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A message appended to `group`'s log, already encoded as a `Push` frame: encoded
+    /// once by the sending gateway, the same bytes reach every recipient.
+    Message {
+        group: String,
+        seq: u64,
+        push: Bytes,
+    },
+    /// `user` joined `group`; they see messages after `joined_seq`.
+    Joined {
+        group: String,
+        user: String,
+        joined_seq: u64,
+    },
+    /// `user` left or was removed from `group`.
+    Left { group: String, user: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Publish/subscribe between gateways. Delivery is at most once: a receiver detects a
+/// missed message by its gapless seq and reads it from the store.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, topic: Topic, event: Event) -> Result<(), BusError>;
+    async fn subscribe(&self, topic: Topic) -> Result<(), BusError>;
+    async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError>;
+    /// The stream of events on subscribed topics; taken once, by the node.
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>>;
+}

@@ -1,0 +1,214 @@
+//! Gateway configuration: one TOML file, every key optional with a default, unknown keys
+//! refused. Flags override the file; `CHAT_TOKEN_SECRET` overrides the secret.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chat_protocol::AckPolicy;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded store, the generated certificate and the token secret live.
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+    pub transport: TransportConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Unset: a self-signed certificate in `<data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC secret for tokens. Unset: `CHAT_TOKEN_SECRET`, else `<data_dir>/token.secret`.
+    pub token_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Receivers may hold an ACK back this long to batch it.
+    pub ack_delay_ms: u32,
+    /// Receivers ACK at once when this many pushes are waiting.
+    pub ack_batch: u16,
+    /// A push not acknowledged within this time is sent again.
+    pub retransmit_ms: u32,
+    /// Most unacknowledged pushes per connection; past it, the connection is caught up from the log.
+    pub window: usize,
+    /// Live pushes queued per connection before it is marked lagging and caught up from the log.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// A connection silent this long is closed (clients send keep-alives every 10 s).
+    pub idle_timeout_s: u64,
+    /// Per-stream receive window.
+    pub stream_window_kb: u32,
+    /// Per-connection receive and send windows.
+    pub conn_window_kb: u32,
+    /// Time allowed from the QUIC handshake to a valid `Hello`.
+    pub hello_timeout_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4433".parse().expect("valid address"),
+            data_dir: PathBuf::from("data"),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            delivery: DeliveryConfig::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            ack_delay_ms: 50,
+            ack_batch: 32,
+            retransmit_ms: 5_000,
+            window: 1024,
+            queue: 1024,
+        }
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_s: 30,
+            stream_window_kb: 64,
+            conn_window_kb: 256,
+            hello_timeout_s: 10,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn ack_policy(&self) -> AckPolicy {
+        AckPolicy {
+            max_delay_ms: self.ack_delay_ms,
+            max_batch: self.ack_batch,
+            retransmit_ms: self.retransmit_ms,
+        }
+    }
+}
+
+impl TransportConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.delivery;
+        if d.retransmit_ms <= d.ack_delay_ms {
+            return Err(ConfigError::Invalid(format!(
+                "delivery.retransmit_ms ({}) must exceed delivery.ack_delay_ms ({})",
+                d.retransmit_ms, d.ack_delay_ms
+            )));
+        }
+        if d.ack_batch == 0 || d.window == 0 || d.queue == 0 {
+            return Err(ConfigError::Invalid(
+                "delivery.ack_batch, window and queue must be at least 1".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key go together".into(),
+            ));
+        }
+        if self.transport.idle_timeout_s == 0 || self.transport.hello_timeout_s == 0 {
+            return Err(ConfigError::Invalid(
+                "transport timeouts must be at least 1 s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token secret: config, then `CHAT_TOKEN_SECRET`, then `<data_dir>/token.secret`.
+    pub fn token_secret(&self) -> std::io::Result<Vec<u8>> {
+        if let Some(secret) = &self.auth.token_secret {
+            return Ok(secret.as_bytes().to_vec());
+        }
+        match std::env::var("CHAT_TOKEN_SECRET") {
+            Ok(secret) if !secret.is_empty() => Ok(secret.into_bytes()),
+            _ => crate::auth::load_or_create_secret(&self.data_dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(config.delivery.retransmit_ms, 5_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("[delivery]\nretransmit = 5\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `retransmit`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let config: Config =
+            toml::from_str("[delivery]\nretransmit_ms = 10\nack_delay_ms = 50\n").unwrap();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! This gateway's view of who is connected here: the local map group → connections and
+//! user → connections, kept in memory only. It subscribes the bus to a topic while some
+//! local connection cares and fans each bus event out to those connections.
+//!
+//! Fan-out is per message, not per recipient: the push is encoded once upstream and each
+//! local connection receives an `Arc` of the same bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use chat_protocol::AckRange;
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, BusError, Event, Topic};
+use crate::session::Requests;
+use crate::store::{Membership, Store};
+
+pub type ConnId = u64;
+
+/// A message on its way to local connections, shared by all of them.
+#[derive(Debug)]
+pub struct Push {
+    pub group: String,
+    pub seq: u64,
+    pub bytes: Bytes,
+}
+
+/// Changes to a connection's delivery state. Never dropped, unlike pushes.
+#[derive(Debug)]
+pub enum Control {
+    Joined { group: String, joined_seq: u64 },
+    Left { group: String },
+    Ack(Vec<AckRange>),
+}
+
+/// What the node keeps of a local connection.
+#[derive(Clone)]
+struct ConnHandle {
+    pushes: mpsc::Sender<Arc<Push>>,
+    control: mpsc::UnboundedSender<Control>,
+    /// Set when a push was dropped because `pushes` was full: the connection catches up from the log.
+    lagged: Arc<AtomicBool>,
+}
+
+/// A connection's side of its registration.
+pub struct Attached {
+    pub id: ConnId,
+    pub pushes: mpsc::Receiver<Arc<Push>>,
+    pub control_tx: mpsc::UnboundedSender<Control>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct LocalMap {
+    /// group → its local connections: the fan-out index.
+    groups: HashMap<String, HashMap<ConnId, ConnHandle>>,
+    /// user → their local connections (a user may be connected from several devices).
+    users: HashMap<String, HashMap<ConnId, ()>>,
+    /// connection → its user, handle and groups, so detaching touches only its own entries.
+    conns: HashMap<ConnId, (String, ConnHandle, HashSet<String>)>,
+}
+
+impl LocalMap {
+    fn join(&mut self, id: ConnId, group: &str, changes: &mut TopicChanges) {
+        let Some((_, handle, groups)) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if groups.insert(group.to_owned()) {
+            let handle = handle.clone();
+            insert(
+                &mut self.groups,
+                group,
+                id,
+                handle,
+                Topic::Group(group.to_owned()),
+                changes,
+            );
+        }
+    }
+
+    fn leave(&mut self, id: ConnId, group: &str, changes: &mut TopicChanges) {
+        let Some((_, _, groups)) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if groups.remove(group) {
+            remove(
+                &mut self.groups,
+                group,
+                id,
+                Topic::Group(group.to_owned()),
+                changes,
+            );
+        }
+    }
+}
+
+/// Topic changes computed under the map lock, applied to the bus after it.
+#[derive(Default)]
+struct TopicChanges {
+    subscribe: Vec<Topic>,
+    unsubscribe: Vec<Topic>,
+}
+
+pub struct Node {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub requests: Requests,
+    queue: usize,
+    local: RwLock<LocalMap>,
+    /// Serializes subscription changes so that a subscribe and an unsubscribe of the same
+    /// topic reach the bus in the order the map changed.
+    topics: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Node {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, queue: usize) -> Arc<Self> {
+        Arc::new(Self {
+            requests: Requests::new(store.clone(), bus.clone()),
+            store,
+            bus,
+            queue,
+            local: RwLock::new(LocalMap::default()),
+            topics: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Runs the bus event loop until the bus closes.
+    pub async fn run_events(self: Arc<Self>) {
+        let Some(mut events) = self.bus.take_events() else {
+            tracing::error!("bus events already taken");
+            return;
+        };
+        while let Some(event) = events.recv().await {
+            self.dispatch(event).await;
+        }
+    }
+
+    /// Registers a connection of `user`, a member of `groups`.
+    pub async fn attach(&self, user: &str, groups: &[Membership]) -> Result<Attached, BusError> {
+        let (pushes_tx, pushes) = mpsc::channel(self.queue);
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let lagged = Arc::new(AtomicBool::new(false));
+        let handle = ConnHandle {
+            pushes: pushes_tx,
+            control: control_tx.clone(),
+            lagged: lagged.clone(),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _topics = self.topics.lock().await;
+        let mut changes = TopicChanges::default();
+        {
+            let mut local = self.local.write().expect("local map lock");
+            insert(
+                &mut local.users,
+                user,
+                id,
+                (),
+                Topic::User(user.to_owned()),
+                &mut changes,
+            );
+            local
+                .conns
+                .insert(id, (user.to_owned(), handle, HashSet::new()));
+            for m in groups {
+                local.join(id, &m.group, &mut changes);
+            }
+        }
+        self.apply(changes).await?;
+        Ok(Attached {
+            id,
+            pushes,
+            control_tx,
+            control,
+            lagged,
+        })
+    }
+
+    /// Forgets a connection.
+    pub async fn detach(&self, id: ConnId) {
+        let _topics = self.topics.lock().await;
+        let mut changes = TopicChanges::default();
+        {
+            let mut local = self.local.write().expect("local map lock");
+            let Some((user, _, groups)) = local.conns.get(&id).cloned() else {
+                return;
+            };
+            for group in groups {
+                local.leave(id, &group, &mut changes);
+            }
+            remove(
+                &mut local.users,
+                &user,
+                id,
+                Topic::User(user.clone()),
+                &mut changes,
+            );
+            local.conns.remove(&id);
+        }
+        if let Err(error) = self.apply(changes).await {
+            tracing::warn!(%error, "unsubscribe failed");
+        }
+    }
+
+    async fn apply(&self, changes: TopicChanges) -> Result<(), BusError> {
+        for topic in changes.subscribe {
+            self.bus.subscribe(topic).await?;
+        }
+        for topic in changes.unsubscribe {
+            self.bus.unsubscribe(topic).await?;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&self, event: Event) {
+        match event {
+            Event::Message { group, seq, push } => self.fan_out(Arc::new(Push {
+                group,
+                seq,
+                bytes: push,
+            })),
+            Event::Joined {
+                group,
+                user,
+                joined_seq,
+            } => {
+                self.membership_changed(&user, &group, Some(joined_seq))
+                    .await
+            }
+            Event::Left { group, user } => self.membership_changed(&user, &group, None).await,
+        }
+    }
+
+    /// `user` joined `group` (with its watermark) or left it: update their local connections.
+    async fn membership_changed(&self, user: &str, group: &str, joined_seq: Option<u64>) {
+        let _topics = self.topics.lock().await;
+        let mut changes = TopicChanges::default();
+        {
+            let mut local = self.local.write().expect("local map lock");
+            let ids: Vec<ConnId> = match local.users.get(user) {
+                Some(conns) => conns.keys().copied().collect(),
+                None => return,
+            };
+            for id in ids {
+                let control = match joined_seq {
+                    Some(joined_seq) => {
+                        local.join(id, group, &mut changes);
+                        Control::Joined {
+                            group: group.to_owned(),
+                            joined_seq,
+                        }
+                    }
+                    None => {
+                        local.leave(id, group, &mut changes);
+                        Control::Left {
+                            group: group.to_owned(),
+                        }
+                    }
+                };
+                if let Some((_, handle, _)) = local.conns.get(&id) {
+                    let _ = handle.control.send(control);
+                }
+            }
+        }
+        if let Err(error) = self.apply(changes).await {
+            tracing::warn!(%group, %error, "changing subscriptions failed");
+        }
+    }
+
+    /// Hands one shared push to every local connection in its group. A full queue never
+    /// blocks the others: that connection is marked lagging and reads the log instead.
+    fn fan_out(&self, push: Arc<Push>) {
+        let local = self.local.read().expect("local map lock");
+        let Some(conns) = local.groups.get(&push.group) else {
+            return;
+        };
+        for handle in conns.values() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(push.clone()) {
+                handle.lagged.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Local connections and groups with local members, for logs and tests.
+    pub fn local_counts(&self) -> (usize, usize) {
+        let local = self.local.read().expect("local map lock");
+        (local.conns.len(), local.groups.len())
+    }
+}
+
+/// Adds a connection under `key`; the first one there subscribes `topic`.
+fn insert<V>(
+    map: &mut HashMap<String, HashMap<ConnId, V>>,
+    key: &str,
+    id: ConnId,
+    value: V,
+    topic: Topic,
+    changes: &mut TopicChanges,
+) {
+    let conns = map.entry(key.to_owned()).or_default();
+    if conns.is_empty() {
+        changes.subscribe.push(topic);
+    }
+    conns.insert(id, value);
+}
+
+/// Removes a connection from `key`; the last one there unsubscribes `topic`.
+fn remove<V>(
+    map: &mut HashMap<String, HashMap<ConnId, V>>,
+    key: &str,
+    id: ConnId,
+    topic: Topic,
+    changes: &mut TopicChanges,
+) {
+    if let Some(conns) = map.get_mut(key) {
+        conns.remove(&id);
+        if conns.is_empty() {
+            map.remove(key);
+            changes.unsubscribe.push(topic);
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! One client connection: handshake (Hello → Welcome), then the control loop answering
+//! requests, alongside the pusher writing the push stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_protocol::{
+    DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION, valid_id,
+};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+
+use super::{Shared, pusher};
+use crate::node::Control;
+
+/// Why the gateway closes a connection: sent as the QUIC application close code and reason.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn close(&self, connection: &Connection) {
+        connection.close(VarInt::from_u32(self.code.0.into()), self.reason.as_bytes());
+    }
+}
+
+/// A decode error that ends the connection, or the `Error` frame that reports one that does not.
+fn classify(error: DecodeError) -> Result<Frame, Refusal> {
+    let code = match &error {
+        DecodeError::TooLarge(_) => {
+            return Err(Refusal::new(ErrorCode::FRAME_TOO_LARGE, error.to_string()));
+        }
+        DecodeError::Empty => {
+            return Err(Refusal::new(ErrorCode::MALFORMED_FRAME, error.to_string()));
+        }
+        DecodeError::UnknownType(_) => ErrorCode::UNKNOWN_FRAME,
+        DecodeError::Malformed { .. } => ErrorCode::MALFORMED_FRAME,
+    };
+    Ok(Frame::Error {
+        id: 0,
+        code,
+        message: error.to_string(),
+    })
+}
+
+/// An authenticated connection's control stream.
+struct Session {
+    user: String,
+    device: String,
+    send: SendStream,
+    recv: RecvStream,
+    decoder: FrameDecoder,
+}
+
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::debug!(%error, "handshake failed");
+            return;
+        }
+    };
+    let remote = connection.remote_address();
+    let hello_timeout = Duration::from_secs(shared.config.transport.hello_timeout_s);
+    let session = match tokio::time::timeout(hello_timeout, handshake(&connection, &shared)).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(refusal)) => {
+            tracing::info!(%remote, code = %refusal.code, reason = %refusal.reason, "connection refused");
+            refusal.close(&connection);
+            return;
+        }
+        Err(_) => {
+            Refusal::new(ErrorCode::PROTOCOL_VIOLATION, "no Hello in time").close(&connection);
+            return;
+        }
+    };
+    tracing::info!(%remote, user = %session.user, device = %session.device, "connected");
+    let user = session.user.clone();
+    let outcome = run(&connection, &shared, session).await;
+    match &outcome {
+        Ok(()) => tracing::info!(%remote, %user, "disconnected"),
+        Err(refusal) => {
+            tracing::info!(%remote, %user, code = %refusal.code, reason = %refusal.reason, "closing connection");
+            refusal.close(&connection);
+        }
+    }
+}
+
+async fn handshake(connection: &Connection, shared: &Shared) -> Result<Session, Refusal> {
+    let (send, mut recv) = connection.accept_bi().await.map_err(|e| {
+        Refusal::new(
+            ErrorCode::PROTOCOL_VIOLATION,
+            format!("no control stream: {e}"),
+        )
+    })?;
+    let mut decoder = FrameDecoder::new();
+    let frame = loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(error) => {
+                return Err(classify(error).map_or_else(
+                    |r| r,
+                    |_| {
+                        Refusal::new(
+                            ErrorCode::PROTOCOL_VIOLATION,
+                            "the first frame must be Hello",
+                        )
+                    },
+                ));
+            }
+        }
+        match recv.read_chunk(MAX_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::PROTOCOL_VIOLATION,
+                    "control stream ended before Hello",
+                ));
+            }
+        }
+    };
+    let Frame::Hello {
+        version,
+        token,
+        device,
+    } = frame
+    else {
+        let name = frame.frame_type().name();
+        return Err(Refusal::new(
+            ErrorCode::PROTOCOL_VIOLATION,
+            format!("the first frame must be Hello, not {name}"),
+        ));
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(Refusal::new(
+            ErrorCode::UNSUPPORTED_VERSION,
+            format!(
+                "protocol version {version} is not supported; this gateway speaks {PROTOCOL_VERSION}"
+            ),
+        ));
+    }
+    let user = shared
+        .auth
+        .verify(&token)
+        .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+    let device = if device.is_empty() {
+        "default".to_owned()
+    } else {
+        device
+    };
+    if !valid_id(&device) {
+        return Err(Refusal::new(
+            ErrorCode::INVALID_ARGUMENT,
+            format!("invalid device id {device:?}"),
+        ));
+    }
+    Ok(Session {
+        user,
+        device,
+        send,
+        recv,
+        decoder,
+    })
+}
+
+/// Registers the connection, welcomes it and runs it until it ends.
+async fn run(connection: &Connection, shared: &Shared, session: Session) -> Result<(), Refusal> {
+    let Session {
+        user,
+        device,
+        mut send,
+        recv,
+        decoder,
+    } = session;
+    let node = &shared.node;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        Refusal::new(ErrorCode::UNAVAILABLE, format!("store unavailable: {e}"))
+    };
+    let groups = node
+        .store
+        .groups_of(&user)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let attached = node
+        .attach(&user, &groups)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let id = attached.id;
+    let result = async {
+        let cursors = node
+            .store
+            .cursors(&user, &device)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let ack = shared.config.delivery.ack_policy();
+        let welcome = Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            user: user.clone(),
+            ack,
+            max_frame_len: MAX_FRAME_LEN as u32,
+        };
+        send.write_all(&welcome.encode())
+            .await
+            .map_err(|_| gone())?;
+        let push_stream = connection.open_uni().await.map_err(|_| gone())?;
+        let control_tx = attached.control_tx.clone();
+        let pusher = pusher::Pusher::new(shared, &user, &device, &groups, &cursors, attached);
+        tokio::select! {
+            result = control_loop(shared, &user, send, recv, decoder, control_tx) => result,
+            result = pusher.run(push_stream) => result,
+        }
+    }
+    .await;
+    node.detach(id).await;
+    result
+}
+
+fn gone() -> Refusal {
+    Refusal::new(ErrorCode::INTERNAL, "connection lost")
+}
+
+/// Reads request frames and answers them in order; forwards ACKs to the pusher.
+async fn control_loop(
+    shared: &Shared,
+    user: &str,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    mut decoder: FrameDecoder,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+) -> Result<(), Refusal> {
+    loop {
+        while let Some(frame) = decoder.next_frame().transpose() {
+            let response = match frame {
+                Ok(Frame::Ack { ranges }) => {
+                    let _ = control.send(Control::Ack(ranges));
+                    continue;
+                }
+                Ok(Frame::Hello { .. }) => Frame::Error {
+                    id: 0,
+                    code: ErrorCode::PROTOCOL_VIOLATION,
+                    message: "already authenticated".into(),
+                },
+                Ok(request) => shared.node.requests.handle(user, request).await,
+                Err(error) => classify(error)?,
+            };
+            if send.write_all(&response.encode()).await.is_err() {
+                return Ok(());
+            }
+        }
+        match recv.read_chunk(MAX_FRAME_LEN, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            // The client finished or reset its stream, or the connection closed: a normal end.
+            Ok(None) | Err(_) => return Ok(()),
+        }
+    }
+}

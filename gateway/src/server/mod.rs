@@ -1,0 +1,171 @@
+//! The QUIC shell: a quinn endpoint, one task per connection. Protocol decisions live in
+//! `session` and `node`; this module only moves bytes between them and the sockets.
+
+mod connection;
+mod pusher;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_protocol::ALPN;
+use quinn::{Endpoint, ServerConfig, VarInt};
+use tokio::task::JoinSet;
+
+use crate::auth::TokenAuthority;
+use crate::bus::LocalBus;
+use crate::config::Config;
+use crate::node::Node;
+use crate::store::{EmbeddedStore, StoreError};
+use crate::tls::{Identity, TlsError, load_identity};
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("token secret: {0}")]
+    Secret(std::io::Error),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub node: Arc<Node>,
+    pub auth: TokenAuthority,
+    pub config: Config,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    cert_path: PathBuf,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Opens the store, binds the endpoint and starts accepting connections.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let identity = load_identity(
+            &config.data_dir,
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+        )?;
+        let auth = TokenAuthority::new(&config.token_secret().map_err(StartError::Secret)?);
+        let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let node = Node::new(store, Arc::new(LocalBus::new()), config.delivery.queue);
+        let cert_path = identity.cert_path.clone();
+        let server_config = server_config(identity, &config)?;
+        let endpoint =
+            Endpoint::server(server_config, config.listen).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            node: node.clone(),
+            auth,
+            config,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(node.run_events());
+        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        Ok(Gateway {
+            endpoint,
+            shared,
+            cert_path,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// The certificate clients verify the gateway against.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    pub fn tokens(&self) -> &TokenAuthority {
+        &self.shared.auth
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.shared.node
+    }
+
+    /// Closes every connection (clients see `shutting_down`), stops all tasks and
+    /// releases the store, so the data directory can be opened again.
+    pub async fn shutdown(mut self) {
+        let code = VarInt::from_u32(chat_protocol::ErrorCode::SHUTTING_DOWN.0.into());
+        self.endpoint.close(code, b"gateway shutting down");
+        self.tasks.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    /// Serves until the accept loop ends (it does not, short of an endpoint error).
+    pub async fn run(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(connection::serve(incoming, shared.clone()));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Dropping the set aborts the connection tasks, releasing their hold on the node.
+    connections.shutdown().await;
+}
+
+fn server_config(identity: Identity, config: &Config) -> Result<ServerConfig, StartError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| StartError::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut server_config = ServerConfig::with_crypto(Arc::new(quic));
+    let t = &config.transport;
+    let mut transport = quinn::TransportConfig::default();
+    // One control stream from the client, one push stream from us: nothing else to allow.
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.stream_receive_window(VarInt::from_u32(t.stream_window_kb * 1024));
+    transport.receive_window(VarInt::from_u32(t.conn_window_kb * 1024));
+    transport.send_window(u64::from(t.conn_window_kb) * 1024);
+    transport.max_idle_timeout(Some(
+        t.idle_timeout()
+            .try_into()
+            .expect("idle timeout fits a QUIC varint"),
+    ));
+    transport.datagram_receive_buffer_size(None);
+    server_config.transport_config(Arc::new(transport));
+    server_config.migration(true);
+    Ok(server_config)
+}

@@ -1,0 +1,202 @@
+//! Writes the push stream of one connection: live pushes from the node, catch-up from the
+//! log, retransmits, all through the connection's [`Delivery`] state machine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{ErrorCode, encode_push};
+use quinn::SendStream;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::connection::Refusal;
+use crate::node::{Attached, Control, Push};
+use crate::session::requests::to_wire;
+use crate::session::{Delivery, Offer};
+use crate::store::{Membership, PageFrom, SeqRange, Store};
+
+/// Most live pushes taken from the queue for one write.
+const BATCH: usize = 64;
+/// Most messages read from the log per catch-up page.
+const CATCH_UP_PAGE: usize = 256;
+/// Wait before retrying a catch-up after the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Pusher<'a> {
+    store: &'a dyn Store,
+    user: &'a str,
+    device: &'a str,
+    delivery: Delivery,
+    pushes: mpsc::Receiver<Arc<Push>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    lagged: Arc<AtomicBool>,
+    /// Frames to write at the end of this turn, in order.
+    out: Vec<Bytes>,
+    retry_catch_up_at: Option<Instant>,
+}
+
+impl<'a> Pusher<'a> {
+    pub(crate) fn new(
+        shared: &'a Shared,
+        user: &'a str,
+        device: &'a str,
+        groups: &[Membership],
+        cursors: &[(String, u64)],
+        attached: Attached,
+    ) -> Self {
+        let delivery_config = &shared.config.delivery;
+        let mut delivery = Delivery::new(delivery_config.ack_policy(), delivery_config.window);
+        let cursors: HashMap<&str, u64> = cursors.iter().map(|(g, s)| (g.as_str(), *s)).collect();
+        for m in groups {
+            // Resume after what this device acknowledged, never before the join watermark.
+            let after = cursors
+                .get(m.group.as_str())
+                .copied()
+                .unwrap_or(0)
+                .max(m.joined_seq);
+            delivery.join(&m.group, after);
+        }
+        Self {
+            store: shared.node.store.as_ref(),
+            user,
+            device,
+            delivery,
+            pushes: attached.pushes,
+            control: attached.control,
+            lagged: attached.lagged,
+            out: Vec::new(),
+            retry_catch_up_at: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
+        loop {
+            self.catch_up().await;
+            self.flush(&mut stream).await?;
+            let deadline = self.delivery.next_deadline().or(self.retry_catch_up_at);
+            tokio::select! {
+                push = self.pushes.recv() => {
+                    let Some(push) = push else { return Ok(()) };
+                    self.offer_live(push);
+                    while self.out.len() < BATCH {
+                        match self.pushes.try_recv() {
+                            Ok(push) => self.offer_live(push),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                control = self.control.recv() => {
+                    let Some(control) = control else { return Ok(()) };
+                    self.on_control(control).await;
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.out.extend(self.delivery.due_retransmits(now));
+                }
+            }
+            if self.lagged.swap(false, Ordering::Relaxed) {
+                self.delivery.resync_all();
+            }
+        }
+    }
+
+    fn offer_live(&mut self, push: Arc<Push>) {
+        let now = Instant::now();
+        if self.delivery.offer(&push.group, push.seq, &push.bytes, now) == Offer::Send {
+            self.out.push(push.bytes.clone());
+        }
+    }
+
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Joined { group, joined_seq } => self.delivery.join(&group, joined_seq),
+            Control::Left { group } => self.delivery.leave(&group),
+            Control::Ack(ranges) => {
+                let advanced = self.delivery.ack(&ranges);
+                if !advanced.is_empty()
+                    && let Err(error) = self
+                        .store
+                        .advance_cursors(self.user, self.device, &advanced)
+                        .await
+                {
+                    // The pushes stay acknowledged here; a lost cursor only means a redelivery later.
+                    tracing::warn!(user = %self.user, %error, "saving delivery cursors failed");
+                }
+            }
+        }
+    }
+
+    /// Reads groups that fell behind from the log, as far as the window allows.
+    async fn catch_up(&mut self) {
+        if self.retry_catch_up_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        self.retry_catch_up_at = None;
+        for group in self.delivery.take_behind() {
+            if let Err(error) = self.catch_up_group(&group).await {
+                tracing::warn!(user = %self.user, %group, %error, "catch-up from the log failed; retrying");
+                self.delivery.mark_behind(&group);
+                self.retry_catch_up_at = Some(Instant::now() + STORE_RETRY);
+            }
+        }
+    }
+
+    async fn catch_up_group(&mut self, group: &str) -> Result<(), crate::store::StoreError> {
+        loop {
+            let (Some(after), room) = (self.delivery.sent(group), self.delivery.room()) else {
+                return Ok(());
+            };
+            let limit = room.min(CATCH_UP_PAGE);
+            if limit == 0 {
+                return Ok(());
+            }
+            let range = SeqRange {
+                after,
+                before: u64::MAX,
+            };
+            let page = self
+                .store
+                .messages(group, range, PageFrom::Oldest, limit)
+                .await?;
+            let full = page.len() == limit;
+            let now = Instant::now();
+            for message in page {
+                let seq = message.seq;
+                let bytes = encode_push(&to_wire(message));
+                if self.delivery.offer(group, seq, &bytes, now) != Offer::Send {
+                    return Ok(());
+                }
+                self.out.push(bytes);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn flush(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        stream
+            .write_all_chunks(&mut self.out)
+            .await
+            .map_err(|e| Refusal {
+                code: ErrorCode::INTERNAL,
+                reason: format!("push stream failed: {e}"),
+            })?;
+        self.out.clear();
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

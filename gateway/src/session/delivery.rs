@@ -1,0 +1,321 @@
+//! Per-connection delivery state, sans-IO: which pushes went out, which are unacknowledged,
+//! what to retransmit and when, and where the connection fell behind the log.
+//!
+//! The connection task feeds it live messages, ACKs and the clock; it answers what to
+//! write. It never blocks and never reads the store: when a group falls behind (a gap in
+//! the live stream, a full window, a dropped event) it says so, and the task catches that
+//! group up from the log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat_protocol::{AckPolicy, AckRange};
+
+/// What to do with an offered push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Write it now; it is tracked until acknowledged.
+    Send,
+    /// Already sent on this connection (or before the member's watermark): drop it.
+    Duplicate,
+    /// Not sent: the group is now marked behind and will be caught up from the log.
+    Behind,
+    /// The connection is not in this group (any more).
+    NotMember,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Highest seq written to the connection (or the start point, before any).
+    sent: u64,
+    /// Highest seq such that it and everything before it is acknowledged.
+    acked: u64,
+    /// Written but not acknowledged, with the bytes to retransmit.
+    pending: BTreeMap<u64, Bytes>,
+}
+
+/// The delivery state machine of one connection.
+#[derive(Debug)]
+pub struct Delivery {
+    retransmit_after: Duration,
+    /// Most pushes in flight before live delivery pauses and the log takes over.
+    window: usize,
+    groups: HashMap<String, GroupState>,
+    /// (deadline, group, seq) in send order; entries already acknowledged are skipped lazily.
+    retransmits: VecDeque<(Instant, String, u64)>,
+    in_flight: usize,
+    behind: BTreeSet<String>,
+}
+
+impl Delivery {
+    pub fn new(policy: AckPolicy, window: usize) -> Self {
+        Self {
+            retransmit_after: Duration::from_millis(policy.retransmit_ms.into()),
+            window: window.max(1),
+            groups: HashMap::new(),
+            retransmits: VecDeque::new(),
+            in_flight: 0,
+            behind: BTreeSet::new(),
+        }
+    }
+
+    /// Starts delivering `group`, everything after `after` (a cursor or join watermark).
+    /// The group is marked behind so the task catches it up from the log.
+    pub fn join(&mut self, group: &str, after: u64) {
+        self.groups
+            .entry(group.to_owned())
+            .or_insert_with(|| GroupState {
+                sent: after,
+                acked: after,
+                pending: BTreeMap::new(),
+            });
+        self.behind.insert(group.to_owned());
+    }
+
+    /// Stops delivering `group`: nothing more is sent or retransmitted.
+    pub fn leave(&mut self, group: &str) {
+        if let Some(state) = self.groups.remove(group) {
+            self.in_flight -= state.pending.len();
+        }
+        self.behind.remove(group);
+    }
+
+    /// Marks `group` behind (if the connection is still in it), to catch up later.
+    pub fn mark_behind(&mut self, group: &str) {
+        if self.groups.contains_key(group) {
+            self.behind.insert(group.to_owned());
+        }
+    }
+
+    /// Marks every group behind, e.g. after live events were dropped for this connection.
+    pub fn resync_all(&mut self) {
+        self.behind.extend(self.groups.keys().cloned());
+    }
+
+    /// Highest seq sent in `group`, if the connection is in it.
+    pub fn sent(&self, group: &str) -> Option<u64> {
+        self.groups.get(group).map(|g| g.sent)
+    }
+
+    /// How many more pushes fit in the window.
+    pub fn room(&self) -> usize {
+        self.window.saturating_sub(self.in_flight)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Offers the push `bytes` of (`group`, `seq`).
+    pub fn offer(&mut self, group: &str, seq: u64, bytes: &Bytes, now: Instant) -> Offer {
+        let Some(state) = self.groups.get_mut(group) else {
+            return Offer::NotMember;
+        };
+        if seq <= state.sent {
+            return Offer::Duplicate;
+        }
+        if seq != state.sent + 1 || self.in_flight >= self.window {
+            self.behind.insert(group.to_owned());
+            return Offer::Behind;
+        }
+        state.sent = seq;
+        state.pending.insert(seq, bytes.clone());
+        self.in_flight += 1;
+        self.retransmits
+            .push_back((now + self.retransmit_after, group.to_owned(), seq));
+        Offer::Send
+    }
+
+    /// Groups to catch up from the log, if the window has room for them. Each is taken
+    /// out of the behind set; offering it a push that does not fit puts it back.
+    pub fn take_behind(&mut self) -> Vec<String> {
+        if self.room() == 0 {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.behind).into_iter().collect()
+    }
+
+    /// Applies ACK ranges; returns the groups whose acknowledged prefix advanced, with the
+    /// new cursor, for the store.
+    pub fn ack(&mut self, ranges: &[AckRange]) -> Vec<(String, u64)> {
+        let mut advanced = Vec::new();
+        for range in ranges {
+            if range.first > range.last {
+                continue;
+            }
+            let Some(state) = self.groups.get_mut(&range.group) else {
+                continue;
+            };
+            let acked: Vec<u64> = state
+                .pending
+                .range(range.first..=range.last)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in &acked {
+                state.pending.remove(seq);
+            }
+            self.in_flight -= acked.len();
+            let prefix = state
+                .pending
+                .keys()
+                .next()
+                .map_or(state.sent, |first| first - 1);
+            if prefix > state.acked {
+                state.acked = prefix;
+                match advanced
+                    .iter_mut()
+                    .find(|(g, _): &&mut (String, u64)| *g == range.group)
+                {
+                    Some(entry) => entry.1 = prefix,
+                    None => advanced.push((range.group.clone(), prefix)),
+                }
+            }
+        }
+        advanced
+    }
+
+    /// Pushes unacknowledged past the retransmit timeout, to write again now.
+    pub fn due_retransmits(&mut self, now: Instant) -> Vec<Bytes> {
+        let mut due = Vec::new();
+        while let Some((deadline, _, _)) = self.retransmits.front() {
+            if *deadline > now {
+                break;
+            }
+            let (_, group, seq) = self.retransmits.pop_front().expect("front exists");
+            let Some(bytes) = self.groups.get(&group).and_then(|g| g.pending.get(&seq)) else {
+                continue;
+            };
+            due.push(bytes.clone());
+            self.retransmits
+                .push_back((now + self.retransmit_after, group, seq));
+        }
+        due
+    }
+
+    /// When the next retransmit may be due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.retransmits.front().map(|(deadline, _, _)| *deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: AckPolicy = AckPolicy {
+        max_delay_ms: 50,
+        max_batch: 32,
+        retransmit_ms: 1000,
+    };
+
+    fn push(seq: u64) -> Bytes {
+        Bytes::from(format!("push {seq}"))
+    }
+
+    fn ack(group: &str, first: u64, last: u64) -> AckRange {
+        AckRange {
+            group: group.into(),
+            first,
+            last,
+        }
+    }
+
+    #[test]
+    fn in_order_pushes_are_sent_and_repeats_dropped() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, 100);
+        d.join("g", 0);
+        assert_eq!(d.take_behind(), vec!["g".to_string()]);
+        assert_eq!(d.offer("g", 1, &push(1), now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Duplicate);
+        assert_eq!(d.offer("other", 1, &push(1), now), Offer::NotMember);
+        assert_eq!(d.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_gap_marks_the_group_behind_instead_of_sending_out_of_order() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, 100);
+        d.join("g", 4);
+        d.take_behind();
+        assert_eq!(
+            d.offer("g", 4, &push(4), now),
+            Offer::Duplicate,
+            "at the watermark"
+        );
+        assert_eq!(d.offer("g", 7, &push(7), now), Offer::Behind);
+        assert_eq!(d.take_behind(), vec!["g".to_string()]);
+        assert_eq!(d.sent("g"), Some(4));
+    }
+
+    #[test]
+    fn acks_advance_the_cursor_only_over_a_contiguous_prefix() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, 100);
+        d.join("g", 0);
+        for seq in 1..=5 {
+            d.offer("g", seq, &push(seq), now);
+        }
+        assert_eq!(d.ack(&[ack("g", 3, 4)]), vec![]);
+        assert_eq!(d.ack(&[ack("g", 1, 1)]), vec![("g".to_string(), 1)]);
+        assert_eq!(
+            d.ack(&[ack("g", 2, 2), ack("g", 5, 5)]),
+            vec![("g".to_string(), 5)]
+        );
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(
+            d.ack(&[ack("g", 9, 1), ack("nope", 1, 2)]),
+            vec![],
+            "bad ranges are ignored"
+        );
+    }
+
+    #[test]
+    fn unacknowledged_pushes_are_retransmitted_after_the_timeout_until_acked() {
+        let t0 = Instant::now();
+        let mut d = Delivery::new(POLICY, 100);
+        d.join("g", 0);
+        d.offer("g", 1, &push(1), t0);
+        d.offer("g", 2, &push(2), t0);
+        assert!(
+            d.due_retransmits(t0 + Duration::from_millis(999))
+                .is_empty()
+        );
+        d.ack(&[ack("g", 1, 1)]);
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(d.due_retransmits(t1), vec![push(2)]);
+        assert_eq!(d.next_deadline(), Some(t1 + Duration::from_millis(1000)));
+        d.ack(&[ack("g", 2, 2)]);
+        assert!(d.due_retransmits(t1 + Duration::from_secs(5)).is_empty());
+        assert_eq!(d.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_full_window_pauses_live_delivery_and_acks_resume_it() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, 2);
+        d.join("g", 0);
+        d.take_behind();
+        assert_eq!(d.offer("g", 1, &push(1), now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Send);
+        assert_eq!(d.offer("g", 3, &push(3), now), Offer::Behind);
+        assert!(d.take_behind().is_empty(), "no room yet");
+        d.ack(&[ack("g", 1, 2)]);
+        assert_eq!(d.take_behind(), vec!["g".to_string()]);
+        assert_eq!(d.offer("g", 3, &push(3), now), Offer::Send);
+    }
+
+    #[test]
+    fn leaving_a_group_forgets_its_pending_pushes() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, 10);
+        d.join("g", 0);
+        d.offer("g", 1, &push(1), now);
+        d.leave("g");
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.due_retransmits(now + Duration::from_secs(2)).is_empty());
+        assert_eq!(d.offer("g", 2, &push(2), now), Offer::NotMember);
+    }
+}

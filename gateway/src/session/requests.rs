@@ -1,0 +1,438 @@
+//! Answers request frames: authorize → validate → store → publish. One function per
+//! request; each returns the response frame or a [`RequestError`] that becomes an
+//! `Error` frame with the same request id.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chat_protocol::{
+    Conversation, ErrorCode, Frame, HistoryPage, MAX_BODY_LEN, MAX_FRAME_LEN, MAX_PAGE, MemberInfo,
+    Message, Role, encode_push, valid_id,
+};
+
+use crate::bus::{Bus, BusError, Event, Topic};
+use crate::store::{Membership, NewMessage, PageFrom, SeqRange, Store, StoreError, StoredMessage};
+
+/// Most users one CreateGroup, AddMembers or RemoveMembers may name.
+pub const MAX_USERS_PER_REQUEST: usize = 1000;
+/// Most members one ListMembers page returns.
+pub const MAX_MEMBERS_PAGE: usize = 1000;
+/// Most conversations one ListConversations returns.
+pub const MAX_CONVERSATIONS: usize = 1000;
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("message body of {0} bytes exceeds the {MAX_BODY_LEN}-byte limit")]
+    BodyTooLarge(usize),
+    #[error("you are not a member of {0}")]
+    NotMember(String),
+    #[error("only the owner of {0} may do that")]
+    NotOwner(String),
+    #[error("frame type {0} is not a request")]
+    NotARequest(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl RequestError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::InvalidArgument(_) => ErrorCode::INVALID_ARGUMENT,
+            RequestError::BodyTooLarge(_) => ErrorCode::BODY_TOO_LARGE,
+            RequestError::NotMember(_) => ErrorCode::NOT_MEMBER,
+            RequestError::NotOwner(_) => ErrorCode::NOT_OWNER,
+            RequestError::NotARequest(_) => ErrorCode::PROTOCOL_VIOLATION,
+            RequestError::Store(StoreError::GroupExists(_)) => ErrorCode::GROUP_EXISTS,
+            RequestError::Store(StoreError::NoSuchGroup(_)) => ErrorCode::NO_SUCH_GROUP,
+            RequestError::Store(StoreError::Unavailable(_)) | RequestError::Bus(_) => {
+                ErrorCode::UNAVAILABLE
+            }
+        }
+    }
+}
+
+/// Request handling shared by every connection of a gateway.
+pub struct Requests {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), RequestError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(RequestError::InvalidArgument(format!(
+            "invalid {kind} id {id:?}: use 1 to 64 characters from A-Z a-z 0-9 _ - . @ :"
+        )))
+    }
+}
+
+fn check_users(users: &[String]) -> Result<(), RequestError> {
+    if users.len() > MAX_USERS_PER_REQUEST {
+        return Err(RequestError::InvalidArgument(format!(
+            "{} users in one request; at most {MAX_USERS_PER_REQUEST}",
+            users.len()
+        )));
+    }
+    users.iter().try_for_each(|u| check_id("user", u))
+}
+
+/// `limit` of 0 means `default`; anything above `max` is clamped.
+fn clamp_limit(limit: u16, default: usize, max: usize) -> usize {
+    if limit == 0 {
+        default
+    } else {
+        (limit as usize).min(max)
+    }
+}
+
+impl Requests {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        Self { store, bus }
+    }
+
+    /// Answers one request frame from `user`.
+    pub async fn handle(&self, user: &str, frame: Frame) -> Frame {
+        let id = frame.request_id().unwrap_or(0);
+        match self.dispatch(user, frame).await {
+            Ok(response) => response,
+            Err(error) => {
+                if let RequestError::Store(StoreError::Unavailable(_)) | RequestError::Bus(_) =
+                    error
+                {
+                    tracing::warn!(%user, %error, "request failed");
+                }
+                Frame::Error {
+                    id,
+                    code: error.code(),
+                    message: error.to_string(),
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&self, user: &str, frame: Frame) -> Result<Frame, RequestError> {
+        match frame {
+            Frame::CreateGroup { id, group, members } => {
+                self.create_group(id, user, &group, members).await
+            }
+            Frame::AddMembers { id, group, users } => {
+                self.add_members(id, user, &group, users).await
+            }
+            Frame::RemoveMembers { id, group, users } => {
+                self.remove_members(id, user, &group, users).await
+            }
+            Frame::LeaveGroup { id, group } => self.leave_group(id, user, &group).await,
+            Frame::ListMembers {
+                id,
+                group,
+                after,
+                limit,
+            } => self.list_members(id, user, &group, &after, limit).await,
+            Frame::Send {
+                id,
+                group,
+                msg_id,
+                body,
+            } => self.send(id, user, group, msg_id, body).await,
+            Frame::History {
+                id,
+                group,
+                page,
+                limit,
+            } => self.history(id, user, &group, page, limit).await,
+            Frame::ListConversations { id, limit } => self.conversations(id, user, limit).await,
+            other => Err(RequestError::NotARequest(other.frame_type().name())),
+        }
+    }
+
+    /// The caller's membership, or `NotMember` (also for groups that do not exist, so
+    /// non-members learn nothing about other groups).
+    async fn member(&self, user: &str, group: &str) -> Result<Membership, RequestError> {
+        check_id("group", group)?;
+        self.store
+            .membership(group, user)
+            .await?
+            .ok_or_else(|| RequestError::NotMember(group.to_owned()))
+    }
+
+    async fn owner(&self, user: &str, group: &str) -> Result<(), RequestError> {
+        if self.member(user, group).await?.owner {
+            Ok(())
+        } else {
+            Err(RequestError::NotOwner(group.to_owned()))
+        }
+    }
+
+    async fn announce_joined(&self, memberships: &[Membership]) -> Result<(), RequestError> {
+        for m in memberships {
+            let event = Event::Joined {
+                group: m.group.clone(),
+                user: m.user.clone(),
+                joined_seq: m.joined_seq,
+            };
+            self.bus.publish(Topic::User(m.user.clone()), event).await?;
+        }
+        Ok(())
+    }
+
+    async fn announce_left(&self, group: &str, users: &[String]) -> Result<(), RequestError> {
+        for user in users {
+            let event = Event::Left {
+                group: group.to_owned(),
+                user: user.clone(),
+            };
+            self.bus.publish(Topic::User(user.clone()), event).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_group(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        mut members: Vec<String>,
+    ) -> Result<Frame, RequestError> {
+        check_id("group", group)?;
+        check_users(&members)?;
+        members.retain(|m| m != user);
+        members.sort();
+        members.dedup();
+        self.store
+            .create_group(group, user, &members, now_ms())
+            .await?;
+        let joined: Vec<Membership> = std::iter::once(user.to_owned())
+            .chain(members)
+            .map(|u| Membership {
+                group: group.to_owned(),
+                owner: u == user,
+                user: u,
+                joined_seq: 0,
+            })
+            .collect();
+        self.announce_joined(&joined).await?;
+        Ok(Frame::Done { id })
+    }
+
+    async fn add_members(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        users: Vec<String>,
+    ) -> Result<Frame, RequestError> {
+        check_users(&users)?;
+        self.owner(user, group).await?;
+        let added = self.store.add_members(group, &users).await?;
+        self.announce_joined(&added).await?;
+        Ok(Frame::Done { id })
+    }
+
+    async fn remove_members(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        users: Vec<String>,
+    ) -> Result<Frame, RequestError> {
+        check_users(&users)?;
+        self.owner(user, group).await?;
+        if users.iter().any(|u| u == user) {
+            return Err(RequestError::InvalidArgument(format!(
+                "the owner cannot be removed from {group}"
+            )));
+        }
+        let removed = self.store.remove_members(group, &users).await?;
+        self.announce_left(group, &removed).await?;
+        Ok(Frame::Done { id })
+    }
+
+    async fn leave_group(&self, id: u32, user: &str, group: &str) -> Result<Frame, RequestError> {
+        if self.member(user, group).await?.owner {
+            return Err(RequestError::InvalidArgument(format!(
+                "the owner cannot leave {group}"
+            )));
+        }
+        let removed = self.store.remove_members(group, &[user.to_owned()]).await?;
+        self.announce_left(group, &removed).await?;
+        Ok(Frame::Done { id })
+    }
+
+    async fn list_members(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        after: &str,
+        limit: u16,
+    ) -> Result<Frame, RequestError> {
+        self.member(user, group).await?;
+        let limit = clamp_limit(limit, MAX_MEMBERS_PAGE, MAX_MEMBERS_PAGE);
+        let members = self
+            .store
+            .members(group, after, limit)
+            .await?
+            .into_iter()
+            .map(|m| MemberInfo {
+                user: m.user,
+                role: if m.owner { Role::Owner } else { Role::Member },
+                joined_seq: m.joined_seq,
+            })
+            .collect();
+        Ok(Frame::Members { id, members })
+    }
+
+    async fn send(
+        &self,
+        id: u32,
+        user: &str,
+        group: String,
+        msg_id: String,
+        body: Bytes,
+    ) -> Result<Frame, RequestError> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(RequestError::BodyTooLarge(body.len()));
+        }
+        check_id("message", &msg_id)?;
+        self.member(user, &group).await?;
+        let new = NewMessage {
+            group: group.clone(),
+            sender: user.to_owned(),
+            msg_id,
+            body: body.clone(),
+            ts_ms: now_ms(),
+        };
+        let appended = self.store.append(new).await?;
+        if !appended.duplicate {
+            let push = encode_push(&Message {
+                group: group.clone(),
+                seq: appended.seq,
+                sender: user.to_owned(),
+                ts_ms: appended.ts_ms,
+                flags: 0,
+                body,
+            });
+            let event = Event::Message {
+                group: group.clone(),
+                seq: appended.seq,
+                push,
+            };
+            // Stored is what counts: a receiver that misses this event finds the gap and reads the log.
+            if let Err(error) = self.bus.publish(Topic::Group(group.clone()), event).await {
+                tracing::warn!(%group, seq = appended.seq, %error, "publish failed; receivers will catch up from the log");
+            }
+        }
+        Ok(Frame::Sent {
+            id,
+            group,
+            seq: appended.seq,
+            ts_ms: appended.ts_ms,
+            duplicate: appended.duplicate,
+        })
+    }
+
+    async fn history(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        page: HistoryPage,
+        limit: u16,
+    ) -> Result<Frame, RequestError> {
+        let member = self.member(user, group).await?;
+        let limit = clamp_limit(limit, 50, MAX_PAGE as usize);
+        let watermark = member.joined_seq;
+        let (range, from) = match page {
+            HistoryPage::Before(seq) => (
+                SeqRange {
+                    after: watermark,
+                    before: seq,
+                },
+                PageFrom::Newest,
+            ),
+            HistoryPage::After(seq) => (
+                SeqRange {
+                    after: seq.max(watermark),
+                    before: u64::MAX,
+                },
+                PageFrom::Oldest,
+            ),
+        };
+        let mut messages = self.store.messages(group, range, from, limit).await?;
+        fit_in_frame(&mut messages, from);
+        let messages = messages.into_iter().map(to_wire).collect();
+        Ok(Frame::Messages { id, messages })
+    }
+
+    async fn conversations(&self, id: u32, user: &str, limit: u16) -> Result<Frame, RequestError> {
+        let limit = clamp_limit(limit, 100, MAX_CONVERSATIONS);
+        let mut conversations: Vec<Conversation> = self
+            .store
+            .conversations(user)
+            .await?
+            .into_iter()
+            .map(|(m, info)| Conversation {
+                group: m.group,
+                head_seq: info.head_seq,
+                last_ts_ms: info.last_ts_ms,
+            })
+            .collect();
+        conversations.sort_by(|a, b| {
+            b.last_ts_ms
+                .cmp(&a.last_ts_ms)
+                .then_with(|| a.group.cmp(&b.group))
+        });
+        conversations.truncate(limit);
+        Ok(Frame::Conversations { id, conversations })
+    }
+}
+
+pub fn to_wire(m: StoredMessage) -> Message {
+    Message {
+        group: m.group,
+        seq: m.seq,
+        sender: m.sender,
+        ts_ms: m.ts_ms,
+        flags: 0,
+        body: m.body,
+    }
+}
+
+/// Drops messages from the far end of a page until it fits in one frame, keeping the
+/// page contiguous with where the client asked from.
+fn fit_in_frame(messages: &mut Vec<StoredMessage>, from: PageFrom) {
+    const OVERHEAD: usize = 64 + 2 * chat_protocol::MAX_ID_LEN;
+    let budget = MAX_FRAME_LEN - 1024;
+    let mut total = 0;
+    let keep = |m: &StoredMessage, total: &mut usize| {
+        *total += OVERHEAD + m.body.len();
+        *total <= budget
+    };
+    match from {
+        PageFrom::Oldest => {
+            let n = messages.iter().take_while(|m| keep(m, &mut total)).count();
+            messages.truncate(n);
+        }
+        PageFrom::Newest => {
+            let n = messages
+                .iter()
+                .rev()
+                .take_while(|m| keep(m, &mut total))
+                .count();
+            messages.drain(..messages.len() - n);
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The default store: redb, an embedded, crash-safe B-tree database in one file under the
+//! data directory. Every write is one durable transaction, so an acknowledged send
+//! survives a crash and seqs continue without a gap after a restart.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{
+    Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
+    StoredMessage,
+};
+
+/// group → (owner, created_ms, head_seq, last_ts_ms)
+const GROUPS: TableDefinition<&str, (&str, u64, u64, u64)> = TableDefinition::new("groups");
+/// (group, user) → (owner, joined_seq)
+const MEMBERS: TableDefinition<(&str, &str), (bool, u64)> = TableDefinition::new("members");
+/// (user, group) → (owner, joined_seq): the same facts, keyed for "my groups".
+const USER_GROUPS: TableDefinition<(&str, &str), (bool, u64)> = TableDefinition::new("user_groups");
+/// (group, seq) → (sender, ts_ms, body): the group log, each message stored once.
+const MESSAGES: TableDefinition<(&str, u64), (&str, u64, &[u8])> = TableDefinition::new("messages");
+/// (group, sender, msg_id) → seq: makes retried sends idempotent.
+const MSG_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("msg_ids");
+/// (user, device, group) → highest acknowledged seq.
+const CURSORS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("cursors");
+
+/// redb-backed [`Store`] for a single node.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl EmbeddedStore {
+    /// Opens (or creates) `<dir>/store.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("store.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(GROUPS)?;
+        tx.open_table(MEMBERS)?;
+        tx.open_table(USER_GROUPS)?;
+        tx.open_table(MESSAGES)?;
+        tx.open_table(MSG_IDS)?;
+        tx.open_table(CURSORS)?;
+        tx.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking database work off the async runtime's worker threads.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn membership(group: &str, user: &str, (owner, joined_seq): (bool, u64)) -> Membership {
+    Membership {
+        group: group.to_owned(),
+        user: user.to_owned(),
+        owner,
+        joined_seq,
+    }
+}
+
+fn group_info((owner, created_ms, head_seq, last_ts_ms): (&str, u64, u64, u64)) -> GroupInfo {
+    GroupInfo {
+        owner: owner.to_owned(),
+        created_ms,
+        head_seq,
+        last_ts_ms,
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_group(
+        &self,
+        group: &str,
+        owner: &str,
+        members: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (group, owner, members) = (group.to_owned(), owner.to_owned(), members.to_vec());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut groups = tx.open_table(GROUPS)?;
+                if groups.get(group.as_str())?.is_some() {
+                    return Err(StoreError::GroupExists(group));
+                }
+                groups.insert(group.as_str(), (owner.as_str(), now_ms, 0, now_ms))?;
+                let mut by_group = tx.open_table(MEMBERS)?;
+                let mut by_user = tx.open_table(USER_GROUPS)?;
+                for user in std::iter::once(&owner).chain(members.iter()) {
+                    let value = (*user == owner, 0);
+                    by_group.insert((group.as_str(), user.as_str()), value)?;
+                    by_user.insert((user.as_str(), group.as_str()), value)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
+        let group = group.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let groups = tx.open_table(GROUPS)?;
+            Ok(groups.get(group.as_str())?.map(|g| group_info(g.value())))
+        })
+        .await
+    }
+
+    async fn add_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<Membership>, StoreError> {
+        let (group, users) = (group.to_owned(), users.to_vec());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut added = Vec::new();
+            {
+                let groups = tx.open_table(GROUPS)?;
+                let head = match groups.get(group.as_str())? {
+                    Some(g) => g.value().2,
+                    None => return Err(StoreError::NoSuchGroup(group)),
+                };
+                let mut by_group = tx.open_table(MEMBERS)?;
+                let mut by_user = tx.open_table(USER_GROUPS)?;
+                for user in &users {
+                    if by_group.get((group.as_str(), user.as_str()))?.is_some() {
+                        continue;
+                    }
+                    by_group.insert((group.as_str(), user.as_str()), (false, head))?;
+                    by_user.insert((user.as_str(), group.as_str()), (false, head))?;
+                    added.push(membership(&group, user, (false, head)));
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn remove_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let (group, users) = (group.to_owned(), users.to_vec());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let mut removed = Vec::new();
+            {
+                if tx.open_table(GROUPS)?.get(group.as_str())?.is_none() {
+                    return Err(StoreError::NoSuchGroup(group));
+                }
+                let mut by_group = tx.open_table(MEMBERS)?;
+                let mut by_user = tx.open_table(USER_GROUPS)?;
+                for user in users {
+                    if by_group.remove((group.as_str(), user.as_str()))?.is_some() {
+                        by_user.remove((user.as_str(), group.as_str()))?;
+                        removed.push(user);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn membership(&self, group: &str, user: &str) -> Result<Option<Membership>, StoreError> {
+        let (group, user) = (group.to_owned(), user.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let by_group = tx.open_table(MEMBERS)?;
+            Ok(by_group
+                .get((group.as_str(), user.as_str()))?
+                .map(|v| membership(&group, &user, v.value())))
+        })
+        .await
+    }
+
+    async fn members(
+        &self,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Membership>, StoreError> {
+        let (group, after) = (group.to_owned(), after.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let by_group = tx.open_table(MEMBERS)?;
+            let start = (group.as_str(), after.as_str());
+            let mut out = Vec::new();
+            for entry in
+                by_group.range::<(&str, &str)>((Bound::Excluded(start), Bound::Unbounded))?
+            {
+                let (key, value) = entry?;
+                let (g, user) = key.value();
+                if g != group || out.len() >= limit {
+                    break;
+                }
+                out.push(membership(g, user, value.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn groups_of(&self, user: &str) -> Result<Vec<Membership>, StoreError> {
+        let user = user.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let by_user = tx.open_table(USER_GROUPS)?;
+            let mut out = Vec::new();
+            for entry in by_user.range::<(&str, &str)>((user.as_str(), "")..)? {
+                let (key, value) = entry?;
+                let (u, group) = key.value();
+                if u != user {
+                    break;
+                }
+                out.push(membership(group, u, value.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<(Membership, GroupInfo)>, StoreError> {
+        let memberships = self.groups_of(user).await?;
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let groups = tx.open_table(GROUPS)?;
+            let mut out = Vec::with_capacity(memberships.len());
+            for m in memberships {
+                if let Some(g) = groups.get(m.group.as_str())? {
+                    let info = group_info(g.value());
+                    out.push((m, info));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            let appended = {
+                let mut ids = tx.open_table(MSG_IDS)?;
+                let id_key = (m.group.as_str(), m.sender.as_str(), m.msg_id.as_str());
+                if let Some(seq) = ids.get(id_key)? {
+                    let seq = seq.value();
+                    let ts_ms = tx
+                        .open_table(MESSAGES)?
+                        .get((m.group.as_str(), seq))?
+                        .map_or(m.ts_ms, |v| v.value().1);
+                    return Ok(Appended {
+                        seq,
+                        ts_ms,
+                        duplicate: true,
+                    });
+                }
+                let mut groups = tx.open_table(GROUPS)?;
+                let (owner, created, head) = match groups.get(m.group.as_str())? {
+                    Some(g) => {
+                        let (owner, created, head, _) = g.value();
+                        (owner.to_owned(), created, head)
+                    }
+                    None => return Err(StoreError::NoSuchGroup(m.group)),
+                };
+                let seq = head + 1;
+                groups.insert(m.group.as_str(), (owner.as_str(), created, seq, m.ts_ms))?;
+                tx.open_table(MESSAGES)?.insert(
+                    (m.group.as_str(), seq),
+                    (m.sender.as_str(), m.ts_ms, &m.body[..]),
+                )?;
+                ids.insert(id_key, seq)?;
+                Appended {
+                    seq,
+                    ts_ms: m.ts_ms,
+                    duplicate: false,
+                }
+            };
+            tx.commit()?;
+            Ok(appended)
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        group: &str,
+        range: SeqRange,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let group = group.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let log = tx.open_table(MESSAGES)?;
+            if range.before <= range.after.saturating_add(1) {
+                return Ok(Vec::new());
+            }
+            let entries =
+                log.range((group.as_str(), range.after + 1)..(group.as_str(), range.before))?;
+            let decode = |entry: Result<
+                (
+                    redb::AccessGuard<(&str, u64)>,
+                    redb::AccessGuard<(&str, u64, &[u8])>,
+                ),
+                redb::StorageError,
+            >| {
+                let (key, value) = entry?;
+                let (sender, ts_ms, body) = value.value();
+                Ok::<_, StoreError>(StoredMessage {
+                    group: group.clone(),
+                    seq: key.value().1,
+                    sender: sender.to_owned(),
+                    ts_ms,
+                    body: Bytes::copy_from_slice(body),
+                })
+            };
+            let mut page = match from {
+                PageFrom::Oldest => entries
+                    .take(limit)
+                    .map(decode)
+                    .collect::<Result<Vec<_>, _>>()?,
+                PageFrom::Newest => entries
+                    .rev()
+                    .take(limit)
+                    .map(decode)
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            if from == PageFrom::Newest {
+                page.reverse();
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn cursors(&self, user: &str, device: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let cursors = tx.open_table(CURSORS)?;
+            let mut out = Vec::new();
+            for entry in
+                cursors.range::<(&str, &str, &str)>((user.as_str(), device.as_str(), "")..)?
+            {
+                let (key, value) = entry?;
+                let (u, d, group) = key.value();
+                if u != user || d != device {
+                    break;
+                }
+                out.push((group.to_owned(), value.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn advance_cursors(
+        &self,
+        user: &str,
+        device: &str,
+        updates: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        let (user, device, updates) = (user.to_owned(), device.to_owned(), updates.to_vec());
+        self.run(move |db| {
+            let mut tx = db.begin_write()?;
+            // A lost cursor advance only means a redelivery the client drops as a duplicate,
+            // so cursors skip the fsync; the next durable commit persists them.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            {
+                let mut cursors = tx.open_table(CURSORS)?;
+                for (group, seq) in &updates {
+                    let key = (user.as_str(), device.as_str(), group.as_str());
+                    let current = cursors.get(key)?.map_or(0, |v| v.value());
+                    if *seq > current {
+                        cursors.insert(key, *seq)?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}

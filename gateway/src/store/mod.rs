@@ -1,0 +1,161 @@
+//! The group store: groups, members with their join watermarks, the per-group message
+//! logs and delivery cursors. Read diffusion: a message is stored once, in its group's log.
+//!
+//! [`Store`] is the seam between the gateway and its storage engine; [`EmbeddedStore`]
+//! (redb, one node) is the default.
+
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("group {0} already exists")]
+    GroupExists(String),
+    #[error("no group {0}")]
+    NoSuchGroup(String),
+    /// The storage engine failed; the operation had no effect and may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A group's header: who owns it and where its log stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub owner: String,
+    pub created_ms: u64,
+    /// Sequence number of the latest message; 0 while the log is empty.
+    pub head_seq: u64,
+    /// Time of the latest message, or of creation.
+    pub last_ts_ms: u64,
+}
+
+/// One user's membership of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub group: String,
+    pub user: String,
+    pub owner: bool,
+    /// The group's head when the user joined: they never see this seq or earlier ones.
+    pub joined_seq: u64,
+}
+
+/// A message to append to a group's log.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub group: String,
+    pub sender: String,
+    /// Client-chosen id: a retried send with the same (group, sender, msg_id) is stored once.
+    pub msg_id: String,
+    pub body: Bytes,
+    pub ts_ms: u64,
+}
+
+/// A message as stored in a group's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub group: String,
+    pub seq: u64,
+    pub sender: String,
+    pub ts_ms: u64,
+    pub body: Bytes,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub ts_ms: u64,
+    /// True when the msg_id was seen before: nothing was written, the first seq is returned.
+    pub duplicate: bool,
+}
+
+/// A window of a group's log: seqs strictly between `after` and `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub after: u64,
+    pub before: u64,
+}
+
+/// Which end of a [`SeqRange`] a page is taken from; pages are always returned in ascending order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFrom {
+    Oldest,
+    Newest,
+}
+
+/// Storage behind the gateway. Implementations are shared by every connection of a node
+/// (and, for networked stores, by every node), so each method is one atomic step.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a group owned by `owner`, with `owner` and `members` joined at seq 0.
+    async fn create_group(
+        &self,
+        group: &str,
+        owner: &str,
+        members: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError>;
+
+    /// Adds users at the group's current head; returns the memberships created (users
+    /// already in the group are left as they are and not returned).
+    async fn add_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<Membership>, StoreError>;
+
+    /// Removes users; returns those who were members.
+    async fn remove_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn membership(&self, group: &str, user: &str) -> Result<Option<Membership>, StoreError>;
+
+    /// Members ordered by user id, starting after `after` ("" for the first page).
+    async fn members(
+        &self,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Membership>, StoreError>;
+
+    /// Every group `user` belongs to.
+    async fn groups_of(&self, user: &str) -> Result<Vec<Membership>, StoreError>;
+
+    /// Every group `user` belongs to with its header (head seq, latest time): the
+    /// conversation list, read from per-group heads in one round trip.
+    async fn conversations(&self, user: &str) -> Result<Vec<(Membership, GroupInfo)>, StoreError>;
+
+    /// Appends to the group's log with the next seq (gapless), or returns the earlier
+    /// result for a repeated (group, sender, msg_id).
+    async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Up to `limit` messages of `range`, ascending by seq.
+    async fn messages(
+        &self,
+        group: &str,
+        range: SeqRange,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// The highest seq each of the user's devices acknowledged, per group.
+    async fn cursors(&self, user: &str, device: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Advances delivery cursors (never moves one backwards).
+    async fn advance_cursors(
+        &self,
+        user: &str,
+        device: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError>;
+}

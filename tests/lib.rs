@@ -1,1 +1,192 @@
+//! Test harness: real gateways on loopback (in-process, real QUIC, real redb in a
+//! temporary directory) and clients from the reference client library.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chat_client::{Client, ClientError, ConnectOptions, Message};
+use chat_gateway::{Config, Gateway};
+
+/// The secret every test gateway signs tokens with, so a restarted gateway accepts old tokens.
+pub const SECRET: &str = "test-secret-not-for-production";
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A gateway owned by a test, with its data directory.
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    config: Config,
+    cert: PathBuf,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl TestGateway {
+    /// A gateway on a fresh data directory, on a free loopback port.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with settings changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.auth.token_secret = Some(SECRET.into());
+        tweak(&mut config);
+        let mut gateway = Self::launch(config).await;
+        gateway._data = Some(data);
+        gateway
+    }
+
+    async fn launch(config: Config) -> Self {
+        // A just-closed endpoint may hold its UDP port for a moment after shutdown.
+        let mut attempts = 0;
+        let gateway = loop {
+            match Gateway::start(config.clone()).await {
+                Ok(gateway) => break gateway,
+                Err(chat_gateway::StartError::Bind { .. }) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("gateway does not start: {error}"),
+            }
+        };
+        let mut config = config;
+        config.listen = gateway.local_addr();
+        let cert = gateway.cert_path().to_path_buf();
+        Self {
+            gateway: Some(gateway),
+            config,
+            cert,
+            _data: None,
+        }
+    }
+
+    fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.config.listen
+    }
+
+    pub fn cert(&self) -> &Path {
+        &self.cert
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.gateway().tokens().mint(user, 3600).expect("token")
+    }
+
+    pub fn options(&self, user: &str, device: &str) -> ConnectOptions {
+        let mut options = ConnectOptions::new(self.addr(), self.cert(), self.token(user));
+        options.device = device.into();
+        options
+    }
+
+    /// Connects `user` from device "default".
+    pub async fn connect(&self, user: &str) -> Client {
+        self.connect_device(user, "default").await
+    }
+
+    pub async fn connect_device(&self, user: &str, device: &str) -> Client {
+        Client::connect(self.options(user, device))
+            .await
+            .expect("client connects")
+    }
+
+    /// Connects with a raw token, for tests of refused tokens.
+    pub async fn connect_with_token(&self, token: &str) -> Result<Client, ClientError> {
+        Client::connect(ConnectOptions::new(self.addr(), self.cert(), token)).await
+    }
+
+    /// Stops the gateway (connections close) and starts it again on the same data and port.
+    pub async fn restart(&mut self) {
+        self.gateway
+            .take()
+            .expect("gateway running")
+            .shutdown()
+            .await;
+        let relaunched = Self::launch(self.config.clone()).await;
+        self.gateway = relaunched.gateway;
+    }
+
+    /// Local connections and groups with local members, as the gateway's node sees them.
+    pub fn local_counts(&self) -> (usize, usize) {
+        self.gateway().node().local_counts()
+    }
+}
+
+/// Users as owned strings, for membership calls.
+pub fn users(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// The next `n` pushes, failing the test if they do not come in time.
+pub async fn receive(client: &Client, n: usize) -> Vec<Message> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match client.next_message_timeout(PATIENCE).await {
+            Some(message) => got.push(message),
+            None => panic!(
+                "{} got {} of {n} pushes: {:?}",
+                client.user(),
+                got.len(),
+                got.iter().map(|m| m.seq).collect::<Vec<_>>()
+            ),
+        }
+    }
+    got
+}
+
+/// Asserts that no push arrives within `wait`.
+pub async fn assert_quiet(client: &Client, wait: Duration) {
+    if let Some(message) = client.next_message_timeout(wait).await {
+        panic!("{} got an unexpected push: {message:?}", client.user());
+    }
+}
+
+/// The bodies of messages as text.
+pub fn texts(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+/// The seqs of messages.
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// A QUIC connection to the gateway, verified and ALPN-negotiated, with nothing sent on it yet.
+pub async fn raw_connection(gw: &TestGateway) -> quinn::Connection {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(chat_client::quic_client_config(gw.cert()).unwrap());
+    endpoint
+        .connect(gw.addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// The application error code and reason a connection was closed with.
+pub async fn closed_with(connection: &quinn::Connection) -> (chat_protocol::ErrorCode, String) {
+    match tokio::time::timeout(PATIENCE, connection.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => (
+            chat_protocol::ErrorCode(u16::try_from(close.error_code.into_inner()).unwrap()),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        Ok(other) => panic!("closed otherwise: {other}"),
+        Err(_) => panic!("the gateway did not close the connection"),
+    }
+}

@@ -15,6 +15,7 @@ const LEEWAY_S: u64 = 5;
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
     iat: u64,
 }
 
@@ -52,6 +53,8 @@ impl TokenAuthority {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_S;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // Backends' JWT libraries often add an audience; the gateway does not use one.
+        validation.validate_aud = false;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -100,29 +103,51 @@ impl TokenAuthority {
 }
 
 /// The secret from `<data>/token.secret`, created (random, owner-only) on first use.
+/// Safe when several processes (a gateway, `chat-gateway token`) race to create it.
 pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = data_dir.join("token.secret");
-    match std::fs::read_to_string(&path) {
-        Ok(secret) => return Ok(secret.trim().as_bytes().to_vec()),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
+    if let Some(secret) = read_secret(&path)? {
+        return Ok(secret);
     }
     std::fs::create_dir_all(data_dir)?;
     let secret: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
-    write_private(&path, secret.as_bytes())?;
-    Ok(secret.into_bytes())
+    match publish_file(&path, secret.as_bytes(), 0o600) {
+        Ok(()) => Ok(secret.into_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_secret(&path)?.ok_or_else(|| std::io::Error::other("token secret vanished"))
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Writes a file only its owner can read (keys and secrets).
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+fn read_secret(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read_to_string(path) {
+        Ok(secret) => Ok(Some(secret.trim().as_bytes().to_vec())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` with `contents` and permissions `mode`, all at once: the file is written
+/// aside and linked into place, so no reader sees it half-written and an existing file is
+/// never replaced (`AlreadyExists`).
+pub(crate) fn publish_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    let aside = path.with_extension(format!("tmp{}", rand::random::<u32>()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents)
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let written = options
+        .open(&aside)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()));
+    let linked = written.and_then(|()| std::fs::hard_link(&aside, path));
+    let _ = std::fs::remove_file(&aside);
+    linked
 }
 
 #[cfg(test)]

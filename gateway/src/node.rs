@@ -15,9 +15,18 @@ use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
 use crate::session::Requests;
-use crate::store::{Membership, Store};
+use crate::store::{Membership, Store, StoreError};
 
 pub type ConnId = u64;
+
+/// Why a connection could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
 
 /// A message on its way to local connections, shared by all of them.
 #[derive(Debug)]
@@ -30,9 +39,16 @@ pub struct Push {
 /// Changes to a connection's delivery state. Never dropped, unlike pushes.
 #[derive(Debug)]
 pub enum Control {
-    Joined { group: String, joined_seq: u64 },
-    Left { group: String },
+    Joined {
+        group: String,
+        joined_seq: u64,
+    },
+    Left {
+        group: String,
+    },
     Ack(Vec<AckRange>),
+    /// The client finished its control stream: apply what came before, then stop.
+    Finish,
 }
 
 /// What the node keeps of a local connection.
@@ -140,8 +156,11 @@ impl Node {
         }
     }
 
-    /// Registers a connection of `user`, a member of `groups`.
-    pub async fn attach(&self, user: &str, groups: &[Membership]) -> Result<Attached, BusError> {
+    /// Registers a connection of `user` and returns the groups it is now in.
+    ///
+    /// The user's groups are read while membership events are held back, so a change made
+    /// meanwhile is either in what we read or applied to this connection afterwards.
+    pub async fn attach(&self, user: &str) -> Result<(Attached, Vec<Membership>), AttachError> {
         let (pushes_tx, pushes) = mpsc::channel(self.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));
@@ -152,6 +171,7 @@ impl Node {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _topics = self.topics.lock().await;
+        let groups = self.store.groups_of(user).await?;
         let mut changes = TopicChanges::default();
         {
             let mut local = self.local.write().expect("local map lock");
@@ -166,18 +186,25 @@ impl Node {
             local
                 .conns
                 .insert(id, (user.to_owned(), handle, HashSet::new()));
-            for m in groups {
+            for m in &groups {
                 local.join(id, &m.group, &mut changes);
             }
         }
-        self.apply(changes).await?;
-        Ok(Attached {
-            id,
-            pushes,
-            control_tx,
-            control,
-            lagged,
-        })
+        if let Err(error) = self.apply(changes).await {
+            drop(_topics);
+            self.detach(id).await;
+            return Err(error.into());
+        }
+        Ok((
+            Attached {
+                id,
+                pushes,
+                control_tx,
+                control,
+                lagged,
+            },
+            groups,
+        ))
     }
 
     /// Forgets a connection.

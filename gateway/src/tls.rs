@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
+
+use crate::auth::publish_file;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +80,15 @@ fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> Result
         "::1".to_string(),
     ];
     let generated = rcgen::generate_simple_self_signed(names)?;
-    crate::auth::write_private(key_path, generated.key_pair.serialize_pem().as_bytes())
-        .map_err(io(key_path))?;
-    std::fs::write(cert_path, generated.cert.pem()).map_err(io(cert_path))?;
+    // The certificate goes last: once it exists, its key does too. A key left by a start
+    // that died in between is replaced.
+    match std::fs::remove_file(key_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(key_path)(e)),
+        _ => {}
+    }
+    let key_pem = generated.key_pair.serialize_pem();
+    publish_file(key_path, key_pem.as_bytes(), 0o600).map_err(io(key_path))?;
+    publish_file(cert_path, generated.cert.pem().as_bytes(), 0o644).map_err(io(cert_path))?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
     Ok(())
 }

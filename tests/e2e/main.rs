@@ -1,1 +1,10 @@
+//! End-to-end tests: real gateways on loopback QUIC, driven through the client library
+//! (and, in `cli`, through the `chat` and `chat-gateway` binaries).
 
+mod auth;
+mod bad_input;
+mod cli;
+mod delivery;
+mod groups;
+mod history;
+mod messaging;

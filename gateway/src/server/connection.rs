@@ -12,6 +12,9 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use super::{Shared, pusher};
 use crate::node::Control;
 
+/// How long a leaving connection's last ACKs may take to apply.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+
 /// Why the gateway closes a connection: sent as the QUIC application close code and reason.
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -86,7 +89,10 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let user = session.user.clone();
     let outcome = run(&connection, &shared, session).await;
     match &outcome {
-        Ok(()) => tracing::info!(%remote, %user, "disconnected"),
+        Ok(()) => {
+            tracing::info!(%remote, %user, "disconnected");
+            connection.close(VarInt::from_u32(0), b"bye");
+        }
         Err(refusal) => {
             tracing::info!(%remote, %user, code = %refusal.code, reason = %refusal.reason, "closing connection");
             refusal.close(&connection);
@@ -185,15 +191,7 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
     let unavailable = |e: &dyn std::fmt::Display| {
         Refusal::new(ErrorCode::UNAVAILABLE, format!("store unavailable: {e}"))
     };
-    let groups = node
-        .store
-        .groups_of(&user)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let attached = node
-        .attach(&user, &groups)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let (attached, groups) = node.attach(&user).await.map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
         let cursors = node
@@ -213,10 +211,17 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .map_err(|_| gone())?;
         let push_stream = connection.open_uni().await.map_err(|_| gone())?;
         let control_tx = attached.control_tx.clone();
-        let pusher = pusher::Pusher::new(shared, &user, &device, &groups, &cursors, attached);
+        let pusher = pusher::Pusher::new(shared, &user, &device, &groups, &cursors, attached)
+            .run(push_stream);
+        tokio::pin!(pusher);
         tokio::select! {
-            result = control_loop(shared, &user, send, recv, decoder, control_tx) => result,
-            result = pusher.run(push_stream) => result,
+            result = control_loop(shared, &user, send, recv, decoder, control_tx.clone()) => {
+                // The client is leaving: let the pusher apply the ACKs that came before.
+                let _ = control_tx.send(Control::Finish);
+                let _ = tokio::time::timeout(FINISH_GRACE, &mut pusher).await;
+                result
+            }
+            result = &mut pusher => result,
         }
     }
     .await;

@@ -89,10 +89,10 @@ impl<'a> Pusher<'a> {
                         }
                     }
                 }
-                control = self.control.recv() => {
-                    let Some(control) = control else { return Ok(()) };
-                    self.on_control(control).await;
-                }
+                control = self.control.recv() => match control {
+                    Some(Control::Finish) | None => return Ok(()),
+                    Some(control) => self.on_control(control).await,
+                },
                 _ = sleep_until(deadline) => {
                     let now = Instant::now();
                     self.out.extend(self.delivery.due_retransmits(now));
@@ -115,6 +115,7 @@ impl<'a> Pusher<'a> {
         match control {
             Control::Joined { group, joined_seq } => self.delivery.join(&group, joined_seq),
             Control::Left { group } => self.delivery.leave(&group),
+            Control::Finish => {}
             Control::Ack(ranges) => {
                 let advanced = self.delivery.ack(&ranges);
                 if !advanced.is_empty()
@@ -152,6 +153,8 @@ impl<'a> Pusher<'a> {
             };
             let limit = room.min(CATCH_UP_PAGE);
             if limit == 0 {
+                // The window is full: go on once ACKs make room.
+                self.delivery.mark_behind(group);
                 return Ok(());
             }
             let range = SeqRange {

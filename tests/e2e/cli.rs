@@ -1,0 +1,192 @@
+//! The binaries as a user runs them: `chat-gateway serve`, `chat-gateway token`, `chat ...`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A built binary of this workspace (the test command builds them before the tests).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A `chat-gateway serve` process, killed when dropped.
+struct Served {
+    child: Child,
+    data: tempfile::TempDir,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(binary("chat-gateway"))
+            .args(["serve", "--listen", &addr, "--data"])
+            .arg(data.path())
+            .env_remove("CHAT_TOKEN_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = Served { child, data, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !served.chat("alice", &["conversations"]).status.success() {
+            assert!(Instant::now() < deadline, "the gateway did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        served
+    }
+
+    fn token(&self, user: &str) -> String {
+        let out = Command::new(binary("chat-gateway"))
+            .args(["token", "--user", user, "--data"])
+            .arg(self.data.path())
+            .env_remove("CHAT_TOKEN_SECRET")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn command(&self, user: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("chat"));
+        command
+            .args(args)
+            .env("CHAT_SERVER", &self.addr)
+            .env("CHAT_CA", self.data.path().join("tls/cert.pem"))
+            .env("CHAT_TOKEN", self.token(user))
+            .env("CHAT_DEVICE", "cli");
+        command
+    }
+
+    fn chat(&self, user: &str, args: &[&str]) -> Output {
+        self.command(user, args).output().unwrap()
+    }
+
+    /// Runs `chat`, requiring success, and returns stdout.
+    fn ok(&self, user: &str, args: &[&str]) -> String {
+        let out = self.chat(user, args);
+        assert!(
+            out.status.success(),
+            "chat {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn two_cli_users_talk_in_a_group() {
+    let gw = Served::start();
+    gw.ok("alice", &["group", "create", "team", "--members", "bob"]);
+    gw.ok("alice", &["group", "add", "team", "carol"]);
+    assert_eq!(gw.ok("alice", &["send", "team", "hello team"]).trim(), "1");
+
+    let listener = gw
+        .command(
+            "bob",
+            &["--json", "listen", "--count", "2", "--timeout", "20"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gw.ok("carol", &["send", "team", "hi from carol"]).trim(),
+        "2"
+    );
+    let out = listener.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushes = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(pushes.len(), 2);
+    assert_eq!(pushes[0]["group"], "team");
+    assert_eq!(pushes[0]["seq"], 1);
+    assert_eq!(pushes[0]["sender"], "alice");
+    assert_eq!(pushes[0]["text"], "hello team");
+    assert!(pushes[0]["ts_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(pushes[1]["text"], "hi from carol");
+
+    // bob acknowledged both: listening again shows nothing new.
+    let again = gw.ok("bob", &["--json", "listen", "--timeout", "1"]);
+    assert_eq!(again, "", "acknowledged pushes came again");
+
+    let history = json_lines(&gw.ok("bob", &["--json", "history", "team", "--after", "0"]));
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let members = json_lines(&gw.ok("bob", &["--json", "group", "members", "team"]));
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[0]["user"], "alice");
+    assert_eq!(members[0]["role"], "owner");
+    let conversations = json_lines(&gw.ok("carol", &["--json", "conversations"]));
+    assert_eq!(conversations[0]["group"], "team");
+    assert_eq!(conversations[0]["head_seq"], 2);
+}
+
+#[test]
+fn cli_errors_go_to_stderr_with_a_nonzero_exit() {
+    let gw = Served::start();
+    gw.ok("alice", &["group", "create", "private"]);
+    let out = gw.chat("eve", &["send", "private", "let me in"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not_member"), "{stderr}");
+
+    let out = gw
+        .command("alice", &["conversations"])
+        .env("CHAT_TOKEN", "forged.token.value")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_token"));
+
+    let out = gw
+        .command("alice", &["conversations"])
+        .env_remove("CHAT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing_token"));
+}

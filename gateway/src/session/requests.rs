@@ -436,3 +436,180 @@ fn fit_in_frame(messages: &mut Vec<StoredMessage>, from: PageFrom) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::LocalBus;
+    use crate::store::EmbeddedStore;
+
+    /// Request handling against a real embedded store, with no sockets.
+    async fn requests() -> (Requests, Arc<LocalBus>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let bus = Arc::new(LocalBus::new());
+        (Requests::new(store, bus.clone()), bus, dir)
+    }
+
+    fn send(id: u32, group: &str, msg_id: &str, body: &'static [u8]) -> Frame {
+        Frame::Send {
+            id,
+            group: group.into(),
+            msg_id: msg_id.into(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn error_code(frame: &Frame) -> Option<ErrorCode> {
+        match frame {
+            Frame::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_is_stored_once_published_once_and_answered_with_its_seq() {
+        let (requests, bus, _dir) = requests().await;
+        let mut events = bus.take_events().unwrap();
+        bus.subscribe(Topic::Group("g".into())).await.unwrap();
+        let create = Frame::CreateGroup {
+            id: 1,
+            group: "g".into(),
+            members: vec!["bob".into()],
+        };
+        assert_eq!(
+            requests.handle("alice", create).await,
+            Frame::Done { id: 1 }
+        );
+
+        let Frame::Sent {
+            id, seq, duplicate, ..
+        } = requests.handle("alice", send(2, "g", "m1", b"hi")).await
+        else {
+            panic!("not sent")
+        };
+        assert_eq!((id, seq, duplicate), (2, 1, false));
+        let Frame::Sent { seq, duplicate, .. } =
+            requests.handle("alice", send(3, "g", "m1", b"hi")).await
+        else {
+            panic!("not sent")
+        };
+        assert_eq!((seq, duplicate), (1, true));
+
+        let Some(Event::Message { group, seq, push }) = events.recv().await else {
+            panic!("no event")
+        };
+        assert_eq!((group.as_str(), seq), ("g", 1));
+        let mut decoder = chat_protocol::FrameDecoder::new();
+        decoder.extend(&push);
+        let Some(Frame::Push { message }) = decoder.next_frame().unwrap() else {
+            panic!("not a push")
+        };
+        assert_eq!(
+            (message.sender.as_str(), &message.body[..]),
+            ("alice", &b"hi"[..])
+        );
+        assert!(
+            events.try_recv().is_err(),
+            "the duplicate was not published again"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_is_clamped_by_the_join_watermark() {
+        let (requests, _bus, _dir) = requests().await;
+        requests
+            .handle(
+                "alice",
+                Frame::CreateGroup {
+                    id: 1,
+                    group: "g".into(),
+                    members: vec![],
+                },
+            )
+            .await;
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            requests
+                .handle("alice", send(i as u32 + 2, "g", id, b"x"))
+                .await;
+        }
+        let add = Frame::AddMembers {
+            id: 9,
+            group: "g".into(),
+            users: vec!["late".into()],
+        };
+        assert_eq!(requests.handle("alice", add).await, Frame::Done { id: 9 });
+        requests.handle("alice", send(10, "g", "d", b"after")).await;
+
+        let page = Frame::History {
+            id: 11,
+            group: "g".into(),
+            page: HistoryPage::After(0),
+            limit: 0,
+        };
+        let Frame::Messages { messages, .. } = requests.handle("late", page).await else {
+            panic!()
+        };
+        assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_request_id_and_the_right_code() {
+        let (requests, _bus, _dir) = requests().await;
+        requests
+            .handle(
+                "alice",
+                Frame::CreateGroup {
+                    id: 1,
+                    group: "g".into(),
+                    members: vec!["bob".into()],
+                },
+            )
+            .await;
+        let cases = [
+            ("eve", send(2, "g", "m", b"x"), ErrorCode::NOT_MEMBER),
+            (
+                "bob",
+                Frame::AddMembers {
+                    id: 3,
+                    group: "g".into(),
+                    users: vec!["eve".into()],
+                },
+                ErrorCode::NOT_OWNER,
+            ),
+            (
+                "alice",
+                Frame::LeaveGroup {
+                    id: 4,
+                    group: "g".into(),
+                },
+                ErrorCode::INVALID_ARGUMENT,
+            ),
+            (
+                "alice",
+                send(5, "g", "bad id", b"x"),
+                ErrorCode::INVALID_ARGUMENT,
+            ),
+            (
+                "alice",
+                Frame::Done { id: 6 },
+                ErrorCode::PROTOCOL_VIOLATION,
+            ),
+            (
+                "alice",
+                Frame::CreateGroup {
+                    id: 7,
+                    group: "g".into(),
+                    members: vec![],
+                },
+                ErrorCode::GROUP_EXISTS,
+            ),
+        ];
+        for (user, frame, code) in cases {
+            let id = frame.request_id();
+            let response = requests.handle(user, frame).await;
+            assert_eq!(error_code(&response), Some(code), "{response:?}");
+            assert_eq!(response.request_id(), id);
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_client::{Client, ClientError, ConnectOptions, Message};
+use chat_gateway::plugins::PluginSpec;
 use chat_gateway::{Config, Gateway};
 
 /// The secret every test gateway signs tokens with, so a restarted gateway accepts old tokens.
@@ -120,6 +121,25 @@ impl TestGateway {
         self.gateway = relaunched.gateway;
     }
 
+    /// Swaps the plugin chain in place.
+    pub async fn reload_plugins(
+        &self,
+        specs: &[PluginSpec],
+    ) -> Result<(), chat_gateway::plugins::PluginError> {
+        self.gateway().reload_plugins(specs).await
+    }
+
+    /// (name, calls, faults, disabled) of each loaded plugin, in order.
+    pub fn plugin_stats(&self) -> Vec<(String, u64, u64, bool)> {
+        self.gateway()
+            .node()
+            .plugins
+            .describe()
+            .into_iter()
+            .map(|(d, calls, faults, disabled)| (d.name, calls, faults, disabled))
+            .collect()
+    }
+
     /// Local connections and groups with local members, as the gateway's node sees them.
     pub fn local_counts(&self) -> (usize, usize) {
         self.gateway().node().local_counts()
@@ -189,4 +209,40 @@ pub async fn closed_with(connection: &quinn::Connection) -> (chat_protocol::Erro
         Ok(other) => panic!("closed otherwise: {other}"),
         Err(_) => panic!("the gateway did not close the connection"),
     }
+}
+
+/// A plugin component built by the test command: `tests/plugins/NAME` becomes
+/// `target/wasm32-wasip2/release/test_plugin_NAME.wasm`.
+pub fn test_plugin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target/<profile>/deps/<binary>");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("test_plugin_{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the test plugins first (./scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A spec for a test plugin with `failure` and small limits, so faults come fast.
+pub fn test_plugin_spec(name: &str, failure: chat_gateway::plugins::Failure) -> PluginSpec {
+    let mut spec = PluginSpec::new(test_plugin(name).display().to_string());
+    spec.failure = failure;
+    spec.cpu_ms = 20;
+    spec.memory_mb = 16;
+    spec.max_faults = 3;
+    spec
+}
+
+/// A spec for a bundled plugin with `config` given as TOML.
+pub fn bundled_spec(name: &str, config: &str) -> PluginSpec {
+    let mut spec = PluginSpec::new(format!("bundled:{name}"));
+    spec.config = config.parse().expect("config is TOML");
+    spec
 }

@@ -1,45 +1,114 @@
-//! Delayed, batched acknowledgements, as the gateway's [`AckPolicy`] asks.
+//! Delayed, batched acknowledgements, as the gateway's [`AckPolicy`]s ask.
+//!
+//! The Welcome announces two policies: one for live pushes and one for pushes flagged
+//! [`Message::FLAG_CATCH_UP`] (read from the log to catch the connection up). Each push
+//! taken by the application is acknowledged under its own policy, and all pending pushes
+//! go out together in one ACK frame.
 //!
 //! Pure state driven by explicit [`Instant`]s so the timing rules are unit-tested
 //! without sockets or sleeps; a background task owns the clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::time::{Duration, Instant};
 
-use chat_protocol::{AckPolicy, AckRange, Frame};
+use chat_protocol::{AckPolicy, AckRange, Frame, Message};
 
-/// Pushes taken by the application whose ACK has not been sent yet.
+/// Which of the Welcome's two policies a push is acknowledged under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckClass {
+    Live,
+    CatchUp,
+}
+
+impl AckClass {
+    /// `CatchUp` for pushes flagged [`Message::FLAG_CATCH_UP`], else `Live`.
+    pub(crate) fn of(message: &Message) -> Self {
+        if message.flags & Message::FLAG_CATCH_UP != 0 {
+            AckClass::CatchUp
+        } else {
+            AckClass::Live
+        }
+    }
+}
+
+/// One policy's timing rules, plus when its oldest pending push was taken.
 #[derive(Debug)]
-pub(crate) struct AckBatcher {
+struct Lane {
     max_delay: Duration,
     max_batch: usize,
-    pending: BTreeMap<String, BTreeSet<u64>>,
-    count: usize,
-    /// When the oldest pending ACK was recorded: the delay runs from there.
+    /// When the earliest pending push under this policy was taken: its deadline is the soonest.
     oldest: Option<Instant>,
 }
 
-impl AckBatcher {
-    pub(crate) fn new(policy: AckPolicy) -> Self {
+impl Lane {
+    fn new(policy: AckPolicy) -> Self {
         Self {
             max_delay: Duration::from_millis(policy.max_delay_ms.into()),
             // A zero batch would never fire; treat it as "ack each push at once".
             max_batch: usize::from(policy.max_batch).max(1),
-            pending: BTreeMap::new(),
-            count: 0,
             oldest: None,
         }
     }
 
-    /// Records that `(group, seq)` must be acknowledged. Recording the same push twice counts once.
-    pub(crate) fn record(&mut self, group: &str, seq: u64, now: Instant) {
+    fn note(&mut self, now: Instant) {
+        self.oldest = Some(self.oldest.map_or(now, |t| t.min(now)));
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.max_delay)
+    }
+}
+
+/// Pushes taken by the application whose ACK has not been sent yet.
+#[derive(Debug)]
+pub(crate) struct AckBatcher {
+    live: Lane,
+    catch_up: Lane,
+    /// Per group, each pending seq and the policy it is acknowledged under.
+    pending: BTreeMap<String, BTreeMap<u64, AckClass>>,
+    count: usize,
+    live_count: usize,
+}
+
+impl AckBatcher {
+    pub(crate) fn new(live: AckPolicy, catch_up: AckPolicy) -> Self {
+        Self {
+            live: Lane::new(live),
+            catch_up: Lane::new(catch_up),
+            pending: BTreeMap::new(),
+            count: 0,
+            live_count: 0,
+        }
+    }
+
+    /// Records that `(group, seq)` must be acknowledged under `class`'s policy, taken at
+    /// `now`. Recording the same push twice counts once; if it was pending as catch-up and
+    /// comes again live, the (usually stricter) live policy applies from then on.
+    pub(crate) fn record(&mut self, group: &str, seq: u64, class: AckClass, now: Instant) {
         let seqs = match self.pending.get_mut(group) {
             Some(seqs) => seqs,
             None => self.pending.entry(group.to_owned()).or_default(),
         };
-        if seqs.insert(seq) {
-            self.count += 1;
-            self.oldest.get_or_insert(now);
+        match seqs.entry(seq) {
+            Entry::Vacant(entry) => {
+                entry.insert(class);
+                self.count += 1;
+                match class {
+                    AckClass::Live => {
+                        self.live_count += 1;
+                        self.live.note(now);
+                    }
+                    AckClass::CatchUp => self.catch_up.note(now),
+                }
+            }
+            Entry::Occupied(mut entry) => {
+                if class == AckClass::Live && *entry.get() == AckClass::CatchUp {
+                    entry.insert(AckClass::Live);
+                    self.live_count += 1;
+                    self.live.note(now);
+                }
+            }
         }
     }
 
@@ -47,24 +116,41 @@ impl AckBatcher {
         self.count == 0
     }
 
-    /// When the pending ACKs must go out at the latest, if any are pending.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.max_delay)
+    /// How many pending pushes fill a batch: the live size while any live push is
+    /// pending, else the catch-up size.
+    fn batch_limit(&self) -> usize {
+        if self.live_count > 0 {
+            self.live.max_batch
+        } else {
+            self.catch_up.max_batch
+        }
     }
 
-    /// Whether an ACK frame should be sent now: the batch is full or the oldest waited long enough.
+    /// When the pending ACKs must go out at the latest, if any are pending: the earliest
+    /// of every pending push's taken time plus its policy's delay.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match (self.live.deadline(), self.catch_up.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether an ACK frame should be sent now: the batch is full or a deadline passed.
     pub(crate) fn is_due(&self, now: Instant) -> bool {
-        self.count >= self.max_batch || self.deadline().is_some_and(|d| d <= now)
+        self.count > 0
+            && (self.count >= self.batch_limit() || self.deadline().is_some_and(|d| d <= now))
     }
 
     /// Takes every pending ACK, consecutive seqs of a group merged into one range.
     pub(crate) fn take(&mut self) -> Vec<AckRange> {
         self.count = 0;
-        self.oldest = None;
+        self.live_count = 0;
+        self.live.oldest = None;
+        self.catch_up.oldest = None;
         let mut ranges = Vec::new();
         for (group, seqs) in std::mem::take(&mut self.pending) {
             let mut current: Option<(u64, u64)> = None;
-            for seq in seqs {
+            for seq in seqs.into_keys() {
                 current = match current {
                     Some((first, last)) if last.checked_add(1) == Some(seq) => Some((first, seq)),
                     Some((first, last)) => {
@@ -114,6 +200,7 @@ pub(crate) fn ack_frames(ranges: Vec<AckRange>, max_frame_len: usize) -> Vec<Fra
 
 #[cfg(test)]
 mod tests {
+    use super::AckClass::{CatchUp, Live};
     use super::*;
 
     fn policy(max_delay_ms: u32, max_batch: u16) -> AckPolicy {
@@ -122,6 +209,11 @@ mod tests {
             max_batch,
             retransmit_ms: 5_000,
         }
+    }
+
+    /// A batcher whose catch-up policy is far laxer, so only the live one can fire.
+    fn live_only(live: AckPolicy) -> AckBatcher {
+        AckBatcher::new(live, policy(60_000, 1_000))
     }
 
     fn range(group: &str, first: u64, last: u64) -> AckRange {
@@ -134,7 +226,7 @@ mod tests {
 
     #[test]
     fn nothing_pending_is_never_due() {
-        let b = AckBatcher::new(policy(100, 10));
+        let b = live_only(policy(100, 10));
         let now = Instant::now();
         assert!(b.is_empty());
         assert_eq!(b.deadline(), None);
@@ -143,22 +235,22 @@ mod tests {
 
     #[test]
     fn due_when_the_batch_fills() {
-        let mut b = AckBatcher::new(policy(1_000, 3));
+        let mut b = live_only(policy(1_000, 3));
         let t0 = Instant::now();
-        b.record("g", 1, t0);
-        b.record("g", 2, t0);
+        b.record("g", 1, Live, t0);
+        b.record("g", 2, Live, t0);
         assert!(!b.is_due(t0));
-        b.record("g", 3, t0);
+        b.record("g", 3, Live, t0);
         assert!(b.is_due(t0));
     }
 
     #[test]
     fn due_when_the_oldest_waited_max_delay() {
-        let mut b = AckBatcher::new(policy(100, 50));
+        let mut b = live_only(policy(100, 50));
         let t0 = Instant::now();
-        b.record("g", 1, t0);
+        b.record("g", 1, Live, t0);
         // A later push does not push the deadline back.
-        b.record("g", 2, t0 + Duration::from_millis(90));
+        b.record("g", 2, Live, t0 + Duration::from_millis(90));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(!b.is_due(t0 + Duration::from_millis(99)));
         assert!(b.is_due(t0 + Duration::from_millis(100)));
@@ -166,15 +258,15 @@ mod tests {
 
     #[test]
     fn take_resets_the_clock_and_count() {
-        let mut b = AckBatcher::new(policy(100, 2));
+        let mut b = live_only(policy(100, 2));
         let t0 = Instant::now();
-        b.record("g", 1, t0);
-        b.record("g", 2, t0);
+        b.record("g", 1, Live, t0);
+        b.record("g", 2, Live, t0);
         assert_eq!(b.take(), vec![range("g", 1, 2)]);
         assert!(b.is_empty());
         assert_eq!(b.deadline(), None);
         let t1 = t0 + Duration::from_millis(500);
-        b.record("g", 3, t1);
+        b.record("g", 3, Live, t1);
         assert!(!b.is_due(t1));
         assert_eq!(b.deadline(), Some(t1 + Duration::from_millis(100)));
         assert_eq!(b.take(), vec![range("g", 3, 3)]);
@@ -183,31 +275,152 @@ mod tests {
 
     #[test]
     fn the_same_push_counts_once() {
-        let mut b = AckBatcher::new(policy(100, 2));
+        let mut b = live_only(policy(100, 2));
         let t0 = Instant::now();
-        b.record("g", 7, t0);
-        b.record("g", 7, t0);
+        b.record("g", 7, Live, t0);
+        b.record("g", 7, Live, t0);
         assert!(!b.is_due(t0));
         assert_eq!(b.take(), vec![range("g", 7, 7)]);
     }
 
     #[test]
     fn zero_policy_acks_at_once() {
-        let mut b = AckBatcher::new(policy(0, 0));
+        let mut b = live_only(policy(0, 0));
         let t0 = Instant::now();
-        b.record("g", 1, t0);
+        b.record("g", 1, Live, t0);
         assert!(b.is_due(t0));
     }
 
     #[test]
+    fn catch_up_pushes_batch_under_the_catch_up_policy() {
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 4));
+        let t0 = Instant::now();
+        for seq in 1..=3 {
+            b.record("g", seq, CatchUp, t0);
+        }
+        // Past the live batch size and the live delay: neither applies to catch-up pushes.
+        assert!(!b.is_due(t0 + Duration::from_millis(999)));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(1_000)));
+        b.record("g", 4, CatchUp, t0);
+        assert!(b.is_due(t0));
+    }
+
+    #[test]
+    fn catch_up_pushes_wait_their_own_delay() {
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
+        let t0 = Instant::now();
+        b.record("g", 1, CatchUp, t0);
+        assert!(!b.is_due(t0 + Duration::from_millis(100)));
+        assert!(b.is_due(t0 + Duration::from_millis(1_000)));
+    }
+
+    #[test]
+    fn a_pending_live_push_brings_in_the_live_batch_size() {
+        let mut b = AckBatcher::new(policy(1_000, 3), policy(1_000, 10));
+        let t0 = Instant::now();
+        b.record("g", 1, CatchUp, t0);
+        b.record("g", 2, CatchUp, t0);
+        assert!(!b.is_due(t0));
+        // Three pending, one of them live: the live batch of 3 is full.
+        b.record("h", 1, Live, t0);
+        assert!(b.is_due(t0));
+        assert_eq!(b.take(), vec![range("g", 1, 2), range("h", 1, 1)]);
+        // Once taken, catch-up pushes alone go back to the catch-up size.
+        for seq in 3..=5 {
+            b.record("g", seq, CatchUp, t0);
+        }
+        assert!(!b.is_due(t0));
+    }
+
+    #[test]
+    fn the_earliest_deadline_of_either_policy_wins() {
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
+        let t0 = Instant::now();
+        b.record("g", 1, CatchUp, t0);
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(1_000)));
+        // A live push taken later still has the sooner deadline.
+        let t1 = t0 + Duration::from_millis(300);
+        b.record("g", 2, Live, t1);
+        assert_eq!(b.deadline(), Some(t1 + Duration::from_millis(100)));
+        assert!(!b.is_due(t1 + Duration::from_millis(99)));
+        assert!(b.is_due(t1 + Duration::from_millis(100)));
+
+        // And a catch-up push taken first can be the sooner one.
+        let mut b = AckBatcher::new(policy(500, 50), policy(200, 50));
+        b.record("g", 1, CatchUp, t0);
+        b.record("g", 2, Live, t0 + Duration::from_millis(10));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn take_resets_both_policies() {
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 5));
+        let t0 = Instant::now();
+        b.record("g", 1, Live, t0);
+        b.record("g", 2, CatchUp, t0);
+        assert!(b.is_due(t0));
+        assert_eq!(b.take(), vec![range("g", 1, 2)]);
+        assert!(b.is_empty());
+        assert_eq!(b.deadline(), None);
+        let t1 = t0 + Duration::from_secs(10);
+        b.record("g", 3, CatchUp, t1);
+        assert_eq!(b.deadline(), Some(t1 + Duration::from_millis(1_000)));
+        assert!(!b.is_due(t1));
+    }
+
+    #[test]
+    fn a_repeat_counts_once_and_live_takes_precedence() {
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 3));
+        let t0 = Instant::now();
+        b.record("g", 1, CatchUp, t0);
+        b.record("g", 1, CatchUp, t0);
+        b.record("g", 2, CatchUp, t0);
+        assert!(!b.is_due(t0));
+        // Seen again live: still two pending, but now under the live batch size and delay.
+        let t1 = t0 + Duration::from_millis(50);
+        b.record("g", 2, Live, t1);
+        assert!(b.is_due(t1));
+        assert_eq!(b.deadline(), Some(t1 + Duration::from_millis(100)));
+        // A live push seen again as catch-up stays live.
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
+        b.record("g", 1, Live, t0);
+        b.record("g", 1, CatchUp, t0);
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
+        assert_eq!(b.take(), vec![range("g", 1, 1)]);
+    }
+
+    #[test]
+    fn zero_catch_up_policy_acks_at_once() {
+        let mut b = AckBatcher::new(policy(1_000, 100), policy(0, 0));
+        let t0 = Instant::now();
+        b.record("g", 1, CatchUp, t0);
+        assert!(b.is_due(t0));
+    }
+
+    #[test]
+    fn the_class_follows_the_catch_up_flag() {
+        let mut m = Message {
+            group: "g".into(),
+            seq: 1,
+            sender: String::new(),
+            ts_ms: 0,
+            flags: Message::FLAG_HIDDEN | Message::FLAG_PRIVATE,
+            body: Default::default(),
+        };
+        assert_eq!(AckClass::of(&m), Live);
+        m.flags |= Message::FLAG_CATCH_UP;
+        assert_eq!(AckClass::of(&m), CatchUp);
+    }
+
+    #[test]
     fn merges_consecutive_seqs_per_group() {
-        let mut b = AckBatcher::new(policy(100, 100));
+        let mut b = live_only(policy(100, 100));
         let t0 = Instant::now();
         for seq in [5, 3, 4, 9, 10, 1, 12] {
-            b.record("b", seq, t0);
+            b.record("b", seq, Live, t0);
         }
-        b.record("a", 2, t0);
-        b.record("a", 1, t0);
+        b.record("a", 2, Live, t0);
+        b.record("a", 1, Live, t0);
         assert_eq!(
             b.take(),
             vec![
@@ -222,10 +435,10 @@ mod tests {
 
     #[test]
     fn merging_survives_u64_max() {
-        let mut b = AckBatcher::new(policy(100, 100));
+        let mut b = live_only(policy(100, 100));
         let t0 = Instant::now();
-        b.record("g", u64::MAX, t0);
-        b.record("g", u64::MAX - 1, t0);
+        b.record("g", u64::MAX, Live, t0);
+        b.record("g", u64::MAX - 1, Live, t0);
         assert_eq!(b.take(), vec![range("g", u64::MAX - 1, u64::MAX)]);
     }
 

@@ -38,6 +38,7 @@ struct Inner {
     endpoint: Endpoint,
     user: String,
     ack: AckPolicy,
+    catch_up_ack: AckPolicy,
     shared: Arc<Shared>,
     writer: mpsc::Sender<WriteCmd>,
     inbox: Mutex<mpsc::Receiver<Message>>,
@@ -55,6 +56,7 @@ impl Drop for Inner {
 struct Welcome {
     user: String,
     ack: AckPolicy,
+    catch_up_ack: AckPolicy,
     max_frame_len: u32,
 }
 
@@ -100,7 +102,10 @@ impl Client {
             0 => chat_protocol::MAX_FRAME_LEN,
             n => n.min(chat_protocol::MAX_FRAME_LEN),
         };
-        let shared = Arc::new(Shared::new(AckBatcher::new(welcome.ack), max_frame_len));
+        let shared = Arc::new(Shared::new(
+            AckBatcher::new(welcome.ack, welcome.catch_up_ack),
+            max_frame_len,
+        ));
         let (writer, write_queue) = mpsc::channel(WRITE_QUEUE);
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         tokio::spawn(session::writer(shared.clone(), send, write_queue));
@@ -122,6 +127,7 @@ impl Client {
                 endpoint,
                 user: welcome.user,
                 ack: welcome.ack,
+                catch_up_ack: welcome.catch_up_ack,
                 shared,
                 writer,
                 inbox: Mutex::new(inbox),
@@ -136,8 +142,14 @@ impl Client {
         &self.inner.user
     }
 
+    /// The gateway's ACK policy for live pushes.
     pub fn ack_policy(&self) -> AckPolicy {
         self.inner.ack
+    }
+
+    /// The gateway's ACK policy for catch-up pushes (flagged [`Message::FLAG_CATCH_UP`]).
+    pub fn catch_up_ack_policy(&self) -> AckPolicy {
+        self.inner.catch_up_ack
     }
 
     pub async fn create_group(&self, group: &str, members: &[String]) -> Result<(), ClientError> {
@@ -210,46 +222,72 @@ impl Client {
         }
     }
 
-    /// Sends with a fresh random message id (use [`send_with_id`](Self::send_with_id) to retry idempotently).
+    /// Sends to the whole group with a fresh random message id (use
+    /// [`send_with_id`](Self::send_with_id) to retry idempotently).
     pub async fn send(&self, group: &str, body: impl Into<Bytes>) -> Result<Sent, ClientError> {
-        let msg_id: String = rand::random::<[u8; 16]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.send_with_id(group, &msg_id, body).await
+        self.send_message(group, &fresh_msg_id(), &[], body.into())
+            .await
     }
 
-    /// Sends with a caller-chosen id: resending the same id returns the original `Sent` with `duplicate`.
+    /// Sends to the whole group with a caller-chosen id: resending the same id returns the
+    /// original `Sent` with `duplicate`.
     pub async fn send_with_id(
         &self,
         group: &str,
         msg_id: &str,
         body: impl Into<Bytes>,
     ) -> Result<Sent, ClientError> {
-        let body = body.into();
+        self.send_message(group, msg_id, &[], body.into()).await
+    }
+
+    /// Sends a private message, visible to the members in `to` (and the sender) only, with a
+    /// fresh random message id. Other members get a hidden placeholder carrying its seq.
+    /// An empty `to` means the whole group, as for [`send`](Self::send).
+    pub async fn send_private(
+        &self,
+        group: &str,
+        to: &[String],
+        body: impl Into<Bytes>,
+    ) -> Result<Sent, ClientError> {
+        self.send_message(group, &fresh_msg_id(), to, body.into())
+            .await
+    }
+
+    /// [`send_private`](Self::send_private) with a caller-chosen id, to retry idempotently.
+    pub async fn send_private_with_id(
+        &self,
+        group: &str,
+        msg_id: &str,
+        to: &[String],
+        body: impl Into<Bytes>,
+    ) -> Result<Sent, ClientError> {
+        self.send_message(group, msg_id, to, body.into()).await
+    }
+
+    /// Runs a command owned by a gateway plugin (e.g. `delete` with the seq as argument)
+    /// and returns its answer text. Plugins refuse with `rejected`; a name no plugin
+    /// owns fails with `unknown_command`.
+    pub async fn command(
+        &self,
+        group: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<String, ClientError> {
         let response = self
-            .request(|id| Frame::Send {
+            .request(|id| Frame::Command {
                 id,
                 group: group.into(),
-                msg_id: msg_id.into(),
-                body,
+                name: name.into(),
+                args: args.to_vec(),
             })
             .await?;
-        match response {
-            Frame::Sent {
-                group,
-                seq,
-                ts_ms,
-                duplicate,
-                ..
-            } => Ok(Sent {
-                group,
-                seq,
-                ts_ms,
-                duplicate,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        expect_command_result(response)
+    }
+
+    /// Deletes message `seq` of `group` for this user only (the `delete` plugin command):
+    /// history and later deliveries show it as a hidden placeholder.
+    pub async fn delete_for_me(&self, group: &str, seq: u64) -> Result<String, ClientError> {
+        self.command(group, "delete", &[seq.to_string()]).await
     }
 
     /// One page of `group`'s history, in ascending seq order.
@@ -284,7 +322,8 @@ impl Client {
         }
     }
 
-    /// The next push not seen before; taking it schedules its ack.
+    /// The next push not seen before; taking it schedules its ack. Hidden placeholders
+    /// ([`Message::is_hidden`]) are returned like any other push.
     /// `None` once the connection is closed and every received push was taken.
     pub async fn next_message(&self) -> Option<Message> {
         let mut inbox = self.inner.inbox.lock().await;
@@ -337,6 +376,26 @@ impl Client {
     /// Raw access, for tests that need to misbehave.
     pub fn connection(&self) -> &quinn::Connection {
         &self.inner.conn
+    }
+
+    /// What every public send function does: one `Send` request, `to` empty for the whole group.
+    async fn send_message(
+        &self,
+        group: &str,
+        msg_id: &str,
+        to: &[String],
+        body: Bytes,
+    ) -> Result<Sent, ClientError> {
+        let response = self
+            .request(|id| Frame::Send {
+                id,
+                group: group.into(),
+                msg_id: msg_id.into(),
+                body,
+                to: to.to_vec(),
+            })
+            .await?;
+        expect_sent(response)
     }
 
     fn next_id(&self) -> u32 {
@@ -394,6 +453,39 @@ impl Drop for Unregister<'_> {
     }
 }
 
+/// A random 128-bit message id, in hex.
+fn fresh_msg_id() -> String {
+    rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn expect_sent(response: Frame) -> Result<Sent, ClientError> {
+    match response {
+        Frame::Sent {
+            group,
+            seq,
+            ts_ms,
+            duplicate,
+            ..
+        } => Ok(Sent {
+            group,
+            seq,
+            ts_ms,
+            duplicate,
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn expect_command_result(response: Frame) -> Result<String, ClientError> {
+    match response {
+        Frame::CommandResult { text, .. } => Ok(text),
+        other => Err(unexpected(&other)),
+    }
+}
+
 fn expect_done(response: Frame) -> Result<(), ClientError> {
     match response {
         Frame::Done { .. } => Ok(()),
@@ -439,6 +531,7 @@ async fn handshake(
                 version,
                 user,
                 ack,
+                catch_up_ack,
                 max_frame_len,
             })) => {
                 if version != PROTOCOL_VERSION {
@@ -449,6 +542,7 @@ async fn handshake(
                 let welcome = Welcome {
                     user,
                     ack,
+                    catch_up_ack,
                     max_frame_len,
                 };
                 return Ok((send, recv, decoder, welcome));
@@ -493,5 +587,63 @@ async fn refused_or(conn: &Connection, fallback: ClientError) -> ClientError {
     match tokio::time::timeout(Duration::from_secs(1), conn.closed()).await {
         Ok(e @ quinn::ConnectionError::ApplicationClosed(_)) => ClientError::from_connection(&e),
         _ => fallback,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_responses_become_sent() {
+        let sent = expect_sent(Frame::Sent {
+            id: 4,
+            group: "g".into(),
+            seq: 9,
+            ts_ms: 1_700_000_000_000,
+            duplicate: true,
+        })
+        .unwrap();
+        assert_eq!(
+            sent,
+            Sent {
+                group: "g".into(),
+                seq: 9,
+                ts_ms: 1_700_000_000_000,
+                duplicate: true,
+            }
+        );
+        assert!(matches!(
+            expect_sent(Frame::Done { id: 4 }),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn command_results_become_their_text() {
+        let text = expect_command_result(Frame::CommandResult {
+            id: 2,
+            text: "deleted 7 for you".into(),
+        })
+        .unwrap();
+        assert_eq!(text, "deleted 7 for you");
+        assert!(matches!(
+            expect_command_result(Frame::Sent {
+                id: 2,
+                group: "g".into(),
+                seq: 1,
+                ts_ms: 0,
+                duplicate: false,
+            }),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn fresh_msg_ids_are_128_bit_hex() {
+        let a = fresh_msg_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, fresh_msg_id());
     }
 }

@@ -3,7 +3,12 @@
 //! One control stream carries requests (matched to responses by id, so they may be
 //! pipelined) and batched acks; the gateway's push stream feeds
 //! [`Client::next_message`], which deduplicates retransmissions and acknowledges
-//! what the application takes (at-least-once delivery).
+//! what the application takes (at-least-once delivery), each push under the Welcome's
+//! live or catch-up ACK policy as its [`Message::FLAG_CATCH_UP`] bit says.
+//!
+//! Messages hidden from this user (deleted for them, or private to others) arrive, in
+//! pushes and history alike, as placeholders with their seq but no sender or body:
+//! [`Message::is_hidden`] tells them apart.
 
 mod acks;
 mod client;

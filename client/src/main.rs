@@ -75,6 +75,20 @@ enum Command {
         /// Client message id, to retry a send idempotently.
         #[arg(long)]
         id: Option<String>,
+        /// Send privately to these members only, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = parse_user)]
+        to: Vec<String>,
+    },
+    /// Delete a message for yourself only; prints the gateway's answer.
+    Delete { group: String, seq: u64 },
+    /// Run a command owned by a gateway plugin; prints its answer.
+    #[command(name = "command")]
+    Plugin {
+        group: String,
+        name: String,
+        /// The command's arguments (put `--` before any that start with `-`).
+        #[arg(allow_negative_numbers = true)]
+        args: Vec<String>,
     },
     /// Print a page of a group's history, oldest first.
     History {
@@ -177,12 +191,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn execute(client: &Client, out: &Output, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Group(command) => group(client, out, command).await,
-        Command::Send { group, text, id } => {
-            let sent = match id {
-                Some(id) => client.send_with_id(&group, &id, text).await?,
-                None => client.send(&group, text).await?,
+        Command::Send {
+            group,
+            text,
+            id,
+            to,
+        } => {
+            let sent = match (id, to.is_empty()) {
+                (Some(id), true) => client.send_with_id(&group, &id, text).await?,
+                (None, true) => client.send(&group, text).await?,
+                (Some(id), false) => client.send_private_with_id(&group, &id, &to, text).await?,
+                (None, false) => client.send_private(&group, &to, text).await?,
             };
             out.sent(&sent)
+        }
+        Command::Delete { group, seq } => {
+            let result = client.delete_for_me(&group, seq).await?;
+            out.deleted(&group, seq, &result)
+        }
+        Command::Plugin { group, name, args } => {
+            let result = client.command(&group, &name, &args).await?;
+            out.command_result(&group, &name, &result)
         }
         Command::History {
             group,
@@ -255,6 +284,14 @@ async fn listen(
     Ok(())
 }
 
+fn parse_user(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("user ids must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
     Duration::try_from_secs_f64(secs)
@@ -290,6 +327,7 @@ struct JsonMember<'a> {
     joined_seq: u64,
 }
 
+/// A message; `hidden` and `private` appear only when true.
 #[derive(Serialize)]
 struct JsonMessage<'a> {
     group: &'a str,
@@ -297,6 +335,14 @@ struct JsonMessage<'a> {
     sender: &'a str,
     ts_ms: u64,
     text: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    hidden: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    private: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Serialize)]
@@ -305,6 +351,20 @@ struct JsonSent<'a> {
     seq: u64,
     ts_ms: u64,
     duplicate: bool,
+}
+
+#[derive(Serialize)]
+struct JsonDeleted<'a> {
+    group: &'a str,
+    seq: u64,
+    result: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonCommandResult<'a> {
+    group: &'a str,
+    command: &'a str,
+    result: &'a str,
 }
 
 #[derive(Serialize)]
@@ -343,17 +403,10 @@ impl Output {
     }
 
     fn message(&self, m: &Message) -> anyhow::Result<()> {
-        let text = String::from_utf8_lossy(&m.body);
         if self.json {
-            self.json_line(&JsonMessage {
-                group: &m.group,
-                seq: m.seq,
-                sender: &m.sender,
-                ts_ms: m.ts_ms,
-                text: &text,
-            })
+            self.json_line(&json_message(m, &String::from_utf8_lossy(&m.body)))
         } else {
-            self.line(&format!("[{} #{}] {}: {text}", m.group, m.seq, m.sender))
+            self.line(&message_line(m))
         }
     }
 
@@ -370,6 +423,26 @@ impl Output {
         }
     }
 
+    fn deleted(&self, group: &str, seq: u64, result: &str) -> anyhow::Result<()> {
+        if self.json {
+            self.json_line(&JsonDeleted { group, seq, result })
+        } else {
+            self.line(result)
+        }
+    }
+
+    fn command_result(&self, group: &str, command: &str, result: &str) -> anyhow::Result<()> {
+        if self.json {
+            self.json_line(&JsonCommandResult {
+                group,
+                command,
+                result,
+            })
+        } else {
+            self.line(result)
+        }
+    }
+
     fn conversation(&self, c: &Conversation) -> anyhow::Result<()> {
         if self.json {
             self.json_line(&JsonConversation {
@@ -380,5 +453,144 @@ impl Output {
         } else {
             self.line(&format!("{} {} {}", c.group, c.head_seq, c.last_ts_ms))
         }
+    }
+}
+
+/// The JSON form of a message: a hidden placeholder has empty sender and text.
+fn json_message<'a>(m: &'a Message, text: &'a str) -> JsonMessage<'a> {
+    if m.is_hidden() {
+        return JsonMessage {
+            group: &m.group,
+            seq: m.seq,
+            sender: "",
+            ts_ms: m.ts_ms,
+            text: "",
+            hidden: true,
+            private: false,
+        };
+    }
+    JsonMessage {
+        group: &m.group,
+        seq: m.seq,
+        sender: &m.sender,
+        ts_ms: m.ts_ms,
+        text,
+        hidden: false,
+        private: m.flags & Message::FLAG_PRIVATE != 0,
+    }
+}
+
+/// The text form of a message: `[GROUP #SEQ] SENDER: TEXT`, `[GROUP #SEQ] SENDER (private):
+/// TEXT`, or `[GROUP #SEQ] (hidden)`.
+fn message_line(m: &Message) -> String {
+    if m.is_hidden() {
+        return format!("[{} #{}] (hidden)", m.group, m.seq);
+    }
+    let text = String::from_utf8_lossy(&m.body);
+    let private = if m.flags & Message::FLAG_PRIVATE != 0 {
+        " (private)"
+    } else {
+        ""
+    };
+    format!("[{} #{}] {}{private}: {text}", m.group, m.seq, m.sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(flags: u8, sender: &str, body: &'static str) -> Message {
+        Message {
+            group: "g1".into(),
+            seq: 7,
+            sender: sender.into(),
+            ts_ms: 1_700_000_000_000,
+            flags,
+            body: body.into(),
+        }
+    }
+
+    fn json(m: &Message) -> String {
+        serde_json::to_string(&json_message(m, &String::from_utf8_lossy(&m.body))).unwrap()
+    }
+
+    #[test]
+    fn plain_messages_keep_their_shape() {
+        let m = message(0, "bob", "hi");
+        assert_eq!(message_line(&m), "[g1 #7] bob: hi");
+        assert_eq!(
+            json(&m),
+            r#"{"group":"g1","seq":7,"sender":"bob","ts_ms":1700000000000,"text":"hi"}"#
+        );
+        // Catch-up is a delivery detail, not shown.
+        let m = message(Message::FLAG_CATCH_UP, "bob", "hi");
+        assert_eq!(message_line(&m), "[g1 #7] bob: hi");
+        assert!(!json(&m).contains("private"));
+    }
+
+    #[test]
+    fn private_messages_say_so() {
+        let m = message(
+            Message::FLAG_PRIVATE | Message::FLAG_CATCH_UP,
+            "bob",
+            "psst",
+        );
+        assert_eq!(message_line(&m), "[g1 #7] bob (private): psst");
+        assert_eq!(
+            json(&m),
+            r#"{"group":"g1","seq":7,"sender":"bob","ts_ms":1700000000000,"text":"psst","private":true}"#
+        );
+    }
+
+    #[test]
+    fn hidden_placeholders_show_only_their_seq() {
+        let m = message(Message::FLAG_HIDDEN, "", "");
+        assert_eq!(message_line(&m), "[g1 #7] (hidden)");
+        assert_eq!(
+            json(&m),
+            r#"{"group":"g1","seq":7,"sender":"","ts_ms":1700000000000,"text":"","hidden":true}"#
+        );
+    }
+
+    #[test]
+    fn send_takes_private_recipients() {
+        let cli = Cli::try_parse_from(["chat", "send", "g1", "hi", "--to", "bob,carol"]).unwrap();
+        let Command::Send { to, id, .. } = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(to, ["bob", "carol"]);
+        assert_eq!(id, None);
+        let cli = Cli::try_parse_from(["chat", "send", "g1", "hi"]).unwrap();
+        let Command::Send { to, .. } = cli.command else {
+            panic!("not send")
+        };
+        assert!(to.is_empty());
+        assert!(Cli::try_parse_from(["chat", "send", "g1", "hi", "--to", ""]).is_err());
+        assert!(Cli::try_parse_from(["chat", "send", "g1", "hi", "--to", "bob,,carol"]).is_err());
+    }
+
+    #[test]
+    fn delete_and_command_parse() {
+        let cli = Cli::try_parse_from(["chat", "delete", "g1", "7", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::Delete { seq: 7, .. }));
+        assert!(Cli::try_parse_from(["chat", "delete", "g1", "x"]).is_err());
+
+        let cli = Cli::try_parse_from(["chat", "command", "g1", "delete", "7", "-3"]).unwrap();
+        let Command::Plugin { group, name, args } = cli.command else {
+            panic!("not command")
+        };
+        assert_eq!((group.as_str(), name.as_str()), ("g1", "delete"));
+        assert_eq!(args, ["7", "-3"]);
+        // Known options still count after the arguments.
+        let cli = Cli::try_parse_from(["chat", "command", "g1", "ping", "a", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(cli.command, Command::Plugin { args, .. } if args == ["a"]));
+        let cli =
+            Cli::try_parse_from(["chat", "command", "g1", "ping", "--", "--json", "-x"]).unwrap();
+        assert!(!cli.json);
+        assert!(matches!(cli.command, Command::Plugin { args, .. } if args == ["--json", "-x"]));
+        let cli = Cli::try_parse_from(["chat", "command", "g1", "ping"]).unwrap();
+        assert!(matches!(cli.command, Command::Plugin { args, .. } if args.is_empty()));
     }
 }

@@ -13,7 +13,7 @@ use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::ClientError;
-use crate::acks::{AckBatcher, ack_frames};
+use crate::acks::{AckBatcher, AckClass, ack_frames};
 use crate::dedup::Dedup;
 
 /// How long to wait for the gateway's close after it ended a stream, to learn why.
@@ -117,23 +117,30 @@ impl Shared {
     }
 
     /// Whether this push was already surfaced; if so it is acknowledged again.
-    fn drop_duplicate(&self, group: &str, seq: u64) -> bool {
-        let duplicate = lock(&self.dedup).is_duplicate(group, seq);
+    fn drop_duplicate(&self, message: &Message) -> bool {
+        let duplicate = lock(&self.dedup).is_duplicate(&message.group, message.seq);
         if duplicate {
-            self.record_ack(group, seq);
+            self.record_ack(message);
         }
         duplicate
     }
 
-    /// The application takes a push: acknowledge it and say whether it is new to the app.
+    /// The application takes a push (hidden placeholders included): acknowledge it and
+    /// say whether it is new to the app.
     pub(crate) fn take_push(&self, message: &Message) -> bool {
         let fresh = lock(&self.dedup).surface(&message.group, message.seq);
-        self.record_ack(&message.group, message.seq);
+        self.record_ack(message);
         fresh
     }
 
-    fn record_ack(&self, group: &str, seq: u64) {
-        lock(&self.acks).record(group, seq, Instant::now());
+    /// Schedules the push's ACK under the policy its `FLAG_CATCH_UP` bit selects.
+    fn record_ack(&self, message: &Message) {
+        lock(&self.acks).record(
+            &message.group,
+            message.seq,
+            AckClass::of(message),
+            Instant::now(),
+        );
         self.ack_wake.notify_one();
     }
 
@@ -157,7 +164,7 @@ pub(crate) async fn flush_acks(shared: &Shared, writer: &mpsc::Sender<WriteCmd>)
     }
 }
 
-/// Sends acks when the batch is full or the oldest has waited `max_delay_ms`.
+/// Sends acks when the batch is full or a pending push waited its policy's `max_delay_ms`.
 pub(crate) async fn ack_flusher(
     shared: std::sync::Arc<Shared>,
     writer: mpsc::Sender<WriteCmd>,
@@ -307,6 +314,7 @@ fn is_response(frame: &Frame) -> bool {
             | Frame::Sent { .. }
             | Frame::Messages { .. }
             | Frame::Conversations { .. }
+            | Frame::CommandResult { .. }
             | Frame::Error { .. }
     )
 }
@@ -330,7 +338,7 @@ pub(crate) async fn push_reader(
     loop {
         match decoder.next_frame() {
             Ok(Some(Frame::Push { message })) => {
-                if shared.drop_duplicate(&message.group, message.seq) {
+                if shared.drop_duplicate(&message) {
                     continue;
                 }
                 if inbox.send(message).await.is_err() {
@@ -359,5 +367,93 @@ pub(crate) async fn push_reader(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_protocol::{AckPolicy, AckRange};
+
+    use super::*;
+
+    fn policy(max_batch: u16) -> AckPolicy {
+        AckPolicy {
+            max_delay_ms: 60_000,
+            max_batch,
+            retransmit_ms: 120_000,
+        }
+    }
+
+    fn push(seq: u64, flags: u8) -> Message {
+        let hidden = flags & Message::FLAG_HIDDEN != 0;
+        Message {
+            group: "g".into(),
+            seq,
+            sender: if hidden { "" } else { "bob" }.into(),
+            ts_ms: 1_700_000_000_000,
+            flags,
+            body: if hidden { "" } else { "hi" }.into(),
+        }
+    }
+
+    fn acked(frames: Vec<Frame>) -> Vec<AckRange> {
+        frames
+            .into_iter()
+            .flat_map(|f| match f {
+                Frame::Ack { ranges } => ranges,
+                other => panic!("not an ack: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn range(first: u64, last: u64) -> AckRange {
+        AckRange {
+            group: "g".into(),
+            first,
+            last,
+        }
+    }
+
+    #[test]
+    fn command_results_are_responses() {
+        assert!(is_response(&Frame::CommandResult {
+            id: 1,
+            text: "deleted 7 for you".into(),
+        }));
+        assert!(!is_response(&Frame::Command {
+            id: 1,
+            group: "g".into(),
+            name: "delete".into(),
+            args: vec!["7".into()],
+        }));
+        assert!(!is_response(&Frame::Push {
+            message: push(1, 0)
+        }));
+    }
+
+    #[test]
+    fn taken_pushes_are_acked_under_their_flag_policy() {
+        let shared = Shared::new(AckBatcher::new(policy(1), policy(3)), 1 << 16);
+        assert!(shared.take_push(&push(1, Message::FLAG_CATCH_UP)));
+        assert!(shared.take_push(&push(2, Message::FLAG_CATCH_UP)));
+        // Two catch-up pushes: below the catch-up batch of 3.
+        assert!(shared.due_acks(false).0.is_empty());
+        // A live one: the live batch of 1 is full, everything goes.
+        assert!(shared.take_push(&push(3, 0)));
+        assert_eq!(acked(shared.due_acks(false).0), vec![range(1, 3)]);
+        assert!(shared.due_acks(true).0.is_empty());
+    }
+
+    #[test]
+    fn hidden_placeholders_surface_once_and_are_acked() {
+        let shared = Shared::new(AckBatcher::new(policy(100), policy(100)), 1 << 16);
+        let placeholder = push(4, Message::FLAG_HIDDEN | Message::FLAG_CATCH_UP);
+        assert!(!shared.drop_duplicate(&placeholder));
+        assert!(shared.take_push(&placeholder));
+        // A retransmission is dropped before the app, but acknowledged again.
+        assert!(shared.drop_duplicate(&placeholder));
+        assert!(!shared.take_push(&placeholder));
+        assert!(shared.take_push(&push(5, Message::FLAG_PRIVATE)));
+        assert_eq!(acked(shared.due_acks(true).0), vec![range(4, 5)]);
     }
 }

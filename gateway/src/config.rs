@@ -8,6 +8,8 @@ use std::time::Duration;
 use chat_protocol::AckPolicy;
 use serde::Deserialize;
 
+use crate::plugins::PluginSpec;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -35,6 +37,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub transport: TransportConfig,
+    /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
+    /// ack-batching; `plugins = []` runs none.
+    pub plugins: Option<Vec<PluginSpec>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -89,6 +94,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),
             transport: TransportConfig::default(),
+            plugins: None,
         }
     }
 }
@@ -117,11 +123,30 @@ impl Default for TransportConfig {
 }
 
 impl DeliveryConfig {
+    /// The live ACK policy when no plugin sets one.
     pub fn ack_policy(&self) -> AckPolicy {
         AckPolicy {
             max_delay_ms: self.ack_delay_ms,
             max_batch: self.ack_batch,
             retransmit_ms: self.retransmit_ms,
+        }
+    }
+}
+
+impl Config {
+    /// The plugins to load: the configured chain, or the bundled defaults.
+    pub fn plugin_specs(&self) -> Vec<PluginSpec> {
+        self.plugins.clone().unwrap_or_else(PluginSpec::defaults)
+    }
+}
+
+impl DeliveryConfig {
+    /// The catch-up ACK policy when no plugin sets one: the live one, batching more.
+    pub fn catch_up_ack_policy(&self) -> AckPolicy {
+        let live = self.ack_policy();
+        AckPolicy {
+            max_batch: live.max_batch.saturating_mul(4),
+            ..live
         }
     }
 }

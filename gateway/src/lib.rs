@@ -6,12 +6,14 @@
 //! - [`node`]: this gateway's local map of connections ↔ users ↔ groups, and fan-out.
 //! - [`store`]: groups, members, group logs, cursors ([`store::EmbeddedStore`] by default).
 //! - [`bus`]: events between gateways ([`bus::LocalBus`] on a single node).
+//! - [`plugins`]: the sandboxed WebAssembly policy chain (wasmtime, `wit/`).
 //! - [`auth`], [`tls`], [`config`]: tokens, certificates, settings.
 
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod node;
+pub mod plugins;
 pub mod server;
 pub mod session;
 pub mod store;

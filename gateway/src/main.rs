@@ -7,6 +7,7 @@ use anyhow::Context;
 use chat_gateway::auth::TokenAuthority;
 use chat_gateway::{Config, Gateway};
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,11 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print a token for a user, signed with this deployment's secret.
     Token {
         #[arg(long)]
@@ -39,6 +45,14 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check that a .wasm file is a plugin this gateway can load; print its name, version and hooks.
+    Check { file: PathBuf },
+    /// List the plugins bundled in this binary (load one with `path = "bundled:NAME"`).
+    Bundled,
 }
 
 #[derive(clap::Args)]
@@ -76,8 +90,33 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(config))
+                .block_on(serve(config, place.config))
         }
+        Command::Plugin { command } => match command {
+            PluginCommand::Check { file } => {
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let plugin = runtime
+                    .block_on(chat_gateway::plugins::check(&bytes))
+                    .with_context(|| format!("{} is not a usable plugin", file.display()))?;
+                println!("{}: {} {}", file.display(), plugin.name, plugin.version);
+                println!("  world:    chat:gateway@0.1.0");
+                println!("  hooks:    {}", plugin.hooks.join(", "));
+                if !plugin.commands.is_empty() {
+                    println!("  commands: {}", plugin.commands.join(", "));
+                }
+                Ok(())
+            }
+            PluginCommand::Bundled => {
+                for (name, bytes) in chat_gateway::plugins::BUNDLED {
+                    println!("bundled:{name} ({} KiB)", bytes.len() / 1024);
+                }
+                Ok(())
+            }
+        },
         Command::Token { user, ttl, place } => {
             let config = place.config()?;
             let secret = config.token_secret().context("reading the token secret")?;
@@ -87,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let gateway = Gateway::start(config)
         .await
@@ -98,25 +137,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         data = %data_dir.display(),
         "chat-gateway listening (ALPN chat/1); clients verify against the certificate"
     );
-    shutdown_signal().await;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => reload_plugins(&gateway, config_file.as_deref()).await,
+        }
+    }
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// SIGHUP: reads the plugin chain from the config file again and swaps it in, keeping
+/// every connection. A chain that fails to load leaves the running one in place.
+async fn reload_plugins(gateway: &Gateway, config_file: Option<&std::path::Path>) {
+    let specs = match config_file.map(Config::load).transpose() {
+        Ok(config) => config.unwrap_or_default().plugin_specs(),
+        Err(error) => {
+            tracing::error!(%error, "plugin reload refused: the config does not load; the running plugins stay");
+            return;
         }
+    };
+    if let Err(error) = gateway.reload_plugins(&specs).await {
+        tracing::error!(%error, "plugin reload refused; the running plugins stay");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn init_logging() {

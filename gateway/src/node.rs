@@ -14,7 +14,8 @@ use chat_protocol::AckRange;
 use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
-use crate::session::Requests;
+use crate::plugins::Plugins;
+use crate::session::{Publisher, Requests};
 use crate::store::{Membership, Store, StoreError};
 
 pub type ConnId = u64;
@@ -36,6 +37,19 @@ pub struct Push {
     pub bytes: Bytes,
 }
 
+/// For a private message: who sees it, and the placeholder everyone else gets.
+struct Private {
+    sender: String,
+    visible_to: HashSet<String>,
+    placeholder: Arc<Push>,
+}
+
+impl Private {
+    fn sees(&self, user: &str) -> bool {
+        self.sender == user || self.visible_to.contains(user)
+    }
+}
+
 /// Changes to a connection's delivery state. Never dropped, unlike pushes.
 #[derive(Debug)]
 pub enum Control {
@@ -54,6 +68,7 @@ pub enum Control {
 /// What the node keeps of a local connection.
 #[derive(Clone)]
 struct ConnHandle {
+    user: Arc<str>,
     pushes: mpsc::Sender<Arc<Push>>,
     control: mpsc::UnboundedSender<Control>,
     /// Set when a push was dropped because `pushes` was full: the connection catches up from the log.
@@ -124,6 +139,7 @@ pub struct Node {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub requests: Requests,
+    pub plugins: Arc<Plugins>,
     queue: usize,
     local: RwLock<LocalMap>,
     /// Serializes subscription changes so that a subscribe and an unsubscribe of the same
@@ -133,9 +149,16 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, queue: usize) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        plugins: Arc<Plugins>,
+        publisher: Arc<Publisher>,
+        queue: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            requests: Requests::new(store.clone(), bus.clone()),
+            requests: Requests::new(store.clone(), bus.clone(), publisher, plugins.clone()),
+            plugins,
             store,
             bus,
             queue,
@@ -165,6 +188,7 @@ impl Node {
         let (control_tx, control) = mpsc::unbounded_channel();
         let lagged = Arc::new(AtomicBool::new(false));
         let handle = ConnHandle {
+            user: user.into(),
             pushes: pushes_tx,
             control: control_tx.clone(),
             lagged: lagged.clone(),
@@ -245,11 +269,30 @@ impl Node {
 
     async fn dispatch(&self, event: Event) {
         match event {
-            Event::Message { group, seq, push } => self.fan_out(Arc::new(Push {
+            Event::Message {
                 group,
                 seq,
-                bytes: push,
-            })),
+                push,
+                private,
+            } => {
+                let private = private.map(|p| Private {
+                    sender: p.sender,
+                    visible_to: p.visible_to.into_iter().collect(),
+                    placeholder: Arc::new(Push {
+                        group: group.clone(),
+                        seq,
+                        bytes: p.placeholder,
+                    }),
+                });
+                self.fan_out(
+                    Arc::new(Push {
+                        group,
+                        seq,
+                        bytes: push,
+                    }),
+                    private.as_ref(),
+                )
+            }
             Event::Joined {
                 group,
                 user,
@@ -300,13 +343,20 @@ impl Node {
 
     /// Hands one shared push to every local connection in its group. A full queue never
     /// blocks the others: that connection is marked lagging and reads the log instead.
-    fn fan_out(&self, push: Arc<Push>) {
+    ///
+    /// A private message's recipients get the push, everyone else its placeholder: both
+    /// were encoded once, before the loop.
+    fn fan_out(&self, push: Arc<Push>, private: Option<&Private>) {
         let local = self.local.read().expect("local map lock");
         let Some(conns) = local.groups.get(&push.group) else {
             return;
         };
         for handle in conns.values() {
-            if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(push.clone()) {
+            let this = match private {
+                Some(p) if !p.sees(&handle.user) => &p.placeholder,
+                _ => &push,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
                 handle.lagged.store(true, Ordering::Relaxed);
             }
         }

@@ -47,10 +47,12 @@ codes! {
     GROUP_EXISTS = 23, "group_exists", false;
     INVALID_ARGUMENT = 24, "invalid_argument", false;
     BODY_TOO_LARGE = 25, "body_too_large", false;
+    REJECTED = 26, "rejected", false;
+    UNKNOWN_COMMAND = 27, "unknown_command", false;
     INTERNAL = 30, "internal", true;
     UNAVAILABLE = 31, "unavailable", true;
     SHUTTING_DOWN = 32, "shutting_down", true;
-    TOO_SLOW = 33, "too_slow", true;
+    PLUGIN_FAILED = 34, "plugin_failed", true;
 }
 
 impl fmt::Display for ErrorCode {

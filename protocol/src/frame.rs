@@ -13,9 +13,25 @@ pub struct Message {
     pub sender: String,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts_ms: u64,
-    /// Reserved bit set; 0 today. Receivers ignore bits they do not know.
+    /// `FLAG_*` bits. Receivers ignore bits they do not know.
     pub flags: u8,
     pub body: Bytes,
+}
+
+impl Message {
+    /// The message is hidden from this user (deleted for them, or private to others): a
+    /// placeholder with an empty sender and body, so its seq still arrives and gaps stay
+    /// detectable.
+    pub const FLAG_HIDDEN: u8 = 0x01;
+    /// The message is visible to some members only (a private message or notice).
+    pub const FLAG_PRIVATE: u8 = 0x02;
+    /// A push read from the log to catch a connection up, not a live one: acknowledge it
+    /// under the Welcome's catch-up policy.
+    pub const FLAG_CATCH_UP: u8 = 0x04;
+
+    pub fn is_hidden(&self) -> bool {
+        self.flags & Self::FLAG_HIDDEN != 0
+    }
 }
 
 /// A member's role in a group.
@@ -83,7 +99,10 @@ pub enum Frame {
     Welcome {
         version: u16,
         user: String,
+        /// ACK policy for live pushes.
         ack: AckPolicy,
+        /// ACK policy for pushes flagged `FLAG_CATCH_UP`.
+        catch_up_ack: AckPolicy,
         max_frame_len: u32,
     },
     // Requests, client to gateway.
@@ -117,6 +136,8 @@ pub enum Frame {
         group: String,
         msg_id: String,
         body: Bytes,
+        /// Private recipients; empty for the whole group.
+        to: Vec<String>,
     },
     History {
         id: u32,
@@ -127,6 +148,13 @@ pub enum Frame {
     ListConversations {
         id: u32,
         limit: u16,
+    },
+    /// A command owned by a plugin, e.g. `delete` (delete for me).
+    Command {
+        id: u32,
+        group: String,
+        name: String,
+        args: Vec<String>,
     },
     Ack {
         ranges: Vec<AckRange>,
@@ -154,6 +182,11 @@ pub enum Frame {
         id: u32,
         conversations: Vec<Conversation>,
     },
+    /// A plugin command's answer.
+    CommandResult {
+        id: u32,
+        text: String,
+    },
     Error {
         id: u32,
         code: ErrorCode,
@@ -179,18 +212,20 @@ pub enum FrameType {
     Send = 0x15,
     History = 0x16,
     ListConversations = 0x17,
+    Command = 0x18,
     Ack = 0x20,
     Done = 0x30,
     Members = 0x31,
     Sent = 0x32,
     Messages = 0x33,
     Conversations = 0x34,
+    CommandResult = 0x35,
     Error = 0x3F,
     Push = 0x40,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 18] = [
+    const ALL: [FrameType; 20] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::CreateGroup,
@@ -201,12 +236,14 @@ impl FrameType {
         FrameType::Send,
         FrameType::History,
         FrameType::ListConversations,
+        FrameType::Command,
         FrameType::Ack,
         FrameType::Done,
         FrameType::Members,
         FrameType::Sent,
         FrameType::Messages,
         FrameType::Conversations,
+        FrameType::CommandResult,
         FrameType::Error,
         FrameType::Push,
     ];
@@ -227,12 +264,14 @@ impl FrameType {
             FrameType::Send => "Send",
             FrameType::History => "History",
             FrameType::ListConversations => "ListConversations",
+            FrameType::Command => "Command",
             FrameType::Ack => "Ack",
             FrameType::Done => "Done",
             FrameType::Members => "Members",
             FrameType::Sent => "Sent",
             FrameType::Messages => "Messages",
             FrameType::Conversations => "Conversations",
+            FrameType::CommandResult => "CommandResult",
             FrameType::Error => "Error",
             FrameType::Push => "Push",
         }
@@ -266,6 +305,20 @@ fn read_message(r: &mut Reader) -> Result<Message, DecodeError> {
     })
 }
 
+fn write_ack_policy(w: &mut Writer, policy: &AckPolicy) {
+    w.u32(policy.max_delay_ms)
+        .u16(policy.max_batch)
+        .u32(policy.retransmit_ms);
+}
+
+fn read_ack_policy(r: &mut Reader) -> Result<AckPolicy, DecodeError> {
+    Ok(AckPolicy {
+        max_delay_ms: r.u32()?,
+        max_batch: r.u16()?,
+        retransmit_ms: r.u32()?,
+    })
+}
+
 fn write_strs(w: &mut Writer, items: &[String]) {
     w.list(items, |w, s| {
         w.str(s);
@@ -285,12 +338,14 @@ impl Frame {
             Frame::Send { .. } => FrameType::Send,
             Frame::History { .. } => FrameType::History,
             Frame::ListConversations { .. } => FrameType::ListConversations,
+            Frame::Command { .. } => FrameType::Command,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Done { .. } => FrameType::Done,
             Frame::Members { .. } => FrameType::Members,
             Frame::Sent { .. } => FrameType::Sent,
             Frame::Messages { .. } => FrameType::Messages,
             Frame::Conversations { .. } => FrameType::Conversations,
+            Frame::CommandResult { .. } => FrameType::CommandResult,
             Frame::Error { .. } => FrameType::Error,
             Frame::Push { .. } => FrameType::Push,
         }
@@ -307,6 +362,8 @@ impl Frame {
             | Frame::Send { id, .. }
             | Frame::History { id, .. }
             | Frame::ListConversations { id, .. }
+            | Frame::Command { id, .. }
+            | Frame::CommandResult { id, .. }
             | Frame::Done { id }
             | Frame::Members { id, .. }
             | Frame::Sent { id, .. }
@@ -338,14 +395,13 @@ impl Frame {
                 version,
                 user,
                 ack,
+                catch_up_ack,
                 max_frame_len,
             } => {
-                w.u16(*version)
-                    .str(user)
-                    .u32(ack.max_delay_ms)
-                    .u16(ack.max_batch)
-                    .u32(ack.retransmit_ms)
-                    .u32(*max_frame_len);
+                w.u16(*version).str(user);
+                write_ack_policy(&mut w, ack);
+                write_ack_policy(&mut w, catch_up_ack);
+                w.u32(*max_frame_len);
             }
             Frame::CreateGroup { id, group, members } => {
                 w.u32(*id).str(group);
@@ -371,8 +427,10 @@ impl Frame {
                 group,
                 msg_id,
                 body,
+                to,
             } => {
                 w.u32(*id).str(group).str(msg_id).bytes(body);
+                write_strs(&mut w, to);
             }
             Frame::History {
                 id,
@@ -388,6 +446,18 @@ impl Frame {
             }
             Frame::ListConversations { id, limit } => {
                 w.u32(*id).u16(*limit);
+            }
+            Frame::Command {
+                id,
+                group,
+                name,
+                args,
+            } => {
+                w.u32(*id).str(group).str(name);
+                write_strs(&mut w, args);
+            }
+            Frame::CommandResult { id, text } => {
+                w.u32(*id).str(text);
             }
             Frame::Ack { ranges } => {
                 w.list(ranges, |w, r| {
@@ -453,11 +523,8 @@ impl Frame {
             FrameType::Welcome => Frame::Welcome {
                 version: r.u16()?,
                 user: r.str()?,
-                ack: AckPolicy {
-                    max_delay_ms: r.u32()?,
-                    max_batch: r.u16()?,
-                    retransmit_ms: r.u32()?,
-                },
+                ack: read_ack_policy(&mut r)?,
+                catch_up_ack: read_ack_policy(&mut r)?,
                 max_frame_len: r.u32()?,
             },
             FrameType::CreateGroup => Frame::CreateGroup {
@@ -490,6 +557,7 @@ impl Frame {
                 group: r.str()?,
                 msg_id: r.str()?,
                 body: r.bytes()?,
+                to: r.list(Reader::str)?,
             },
             FrameType::History => {
                 let id = r.u32()?;
@@ -509,6 +577,16 @@ impl Frame {
             FrameType::ListConversations => Frame::ListConversations {
                 id: r.u32()?,
                 limit: r.u16()?,
+            },
+            FrameType::Command => Frame::Command {
+                id: r.u32()?,
+                group: r.str()?,
+                name: r.str()?,
+                args: r.list(Reader::str)?,
+            },
+            FrameType::CommandResult => Frame::CommandResult {
+                id: r.u32()?,
+                text: r.str()?,
             },
             FrameType::Ack => Frame::Ack {
                 ranges: r.list(|r| {

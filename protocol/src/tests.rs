@@ -28,6 +28,11 @@ fn every_frame() -> Vec<Frame> {
                 max_batch: 32,
                 retransmit_ms: 5000,
             },
+            catch_up_ack: AckPolicy {
+                max_delay_ms: 200,
+                max_batch: 256,
+                retransmit_ms: 10_000,
+            },
             max_frame_len: MAX_FRAME_LEN as u32,
         },
         Frame::CreateGroup {
@@ -60,6 +65,17 @@ fn every_frame() -> Vec<Frame> {
             group: "g1".into(),
             msg_id: "m-1".into(),
             body: Bytes::from_static(b"hi"),
+            to: vec!["bob".into()],
+        },
+        Frame::Command {
+            id: 16,
+            group: "g1".into(),
+            name: "delete".into(),
+            args: vec!["7".into()],
+        },
+        Frame::CommandResult {
+            id: 16,
+            text: "deleted 7 for you".into(),
         },
         Frame::History {
             id: 7,

@@ -83,7 +83,12 @@ async fn pushes_not_acknowledged_before_a_drop_come_again_on_the_next_connection
 
 #[tokio::test]
 async fn unacknowledged_pushes_are_retransmitted_and_the_client_drops_the_copies() {
-    let gw = TestGateway::start_with(|c| c.delivery.retransmit_ms = 200).await;
+    // No plugins: the [delivery] settings are the ACK policy (ack-batching would set its own).
+    let gw = TestGateway::start_with(|c| {
+        c.delivery.retransmit_ms = 200;
+        c.plugins = Some(vec![]);
+    })
+    .await;
     let alice = gw.connect("alice").await;
     alice.create_group("g", &users(&["bob"])).await.unwrap();
 

@@ -8,3 +8,4 @@ mod delivery;
 mod groups;
 mod history;
 mod messaging;
+mod plugins;

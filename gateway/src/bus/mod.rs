@@ -29,6 +29,8 @@ pub enum Event {
         group: String,
         seq: u64,
         push: Bytes,
+        /// Set for a message only some members may see; the others get the placeholder.
+        private: Option<PrivateDelivery>,
     },
     /// `user` joined `group`; they see messages after `joined_seq`.
     Joined {
@@ -38,6 +40,15 @@ pub enum Event {
     },
     /// `user` left or was removed from `group`.
     Left { group: String, user: String },
+}
+
+/// Who may see a private message, and what everybody else receives instead.
+#[derive(Debug, Clone)]
+pub struct PrivateDelivery {
+    pub sender: String,
+    pub visible_to: Vec<String>,
+    /// The encoded placeholder push (same seq, no sender, no body).
+    pub placeholder: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]

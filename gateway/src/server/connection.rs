@@ -199,11 +199,12 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .cursors(&user, &device)
             .await
             .map_err(|e| unavailable(&e))?;
-        let ack = shared.config.delivery.ack_policy();
+        let policies = node.plugins.ack_policies(&user, &device).await;
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
             user: user.clone(),
-            ack,
+            ack: policies.0,
+            catch_up_ack: policies.1,
             max_frame_len: MAX_FRAME_LEN as u32,
         };
         send.write_all(&welcome.encode())
@@ -211,8 +212,10 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .map_err(|_| gone())?;
         let push_stream = connection.open_uni().await.map_err(|_| gone())?;
         let control_tx = attached.control_tx.clone();
-        let pusher = pusher::Pusher::new(shared, &user, &device, &groups, &cursors, attached)
-            .run(push_stream);
+        let pusher = pusher::Pusher::new(
+            shared, &user, &device, &groups, &cursors, policies, attached,
+        )
+        .run(push_stream);
         tokio::pin!(pusher);
         tokio::select! {
             result = control_loop(shared, &user, send, recv, decoder, control_tx.clone()) => {

@@ -14,10 +14,12 @@ use quinn::{Endpoint, ServerConfig, VarInt};
 use tokio::task::JoinSet;
 
 use crate::auth::TokenAuthority;
-use crate::bus::LocalBus;
+use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
 use crate::node::Node;
-use crate::store::{EmbeddedStore, StoreError};
+use crate::plugins::{PluginError, PluginSpec, Plugins};
+use crate::session::Publisher;
+use crate::store::{EmbeddedStore, Store, StoreError};
 use crate::tls::{Identity, TlsError, load_identity};
 
 /// Why a gateway could not start.
@@ -38,6 +40,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("plugins: {0}")]
+    Plugins(#[from] PluginError),
 }
 
 /// What every connection task shares.
@@ -65,8 +69,18 @@ impl Gateway {
             config.tls.key.as_deref(),
         )?;
         let auth = TokenAuthority::new(&config.token_secret().map_err(StartError::Secret)?);
-        let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-        let node = Node::new(store, Arc::new(LocalBus::new()), config.delivery.queue);
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+        let default_ack = (
+            config.delivery.ack_policy(),
+            config.delivery.catch_up_ack_policy(),
+        );
+        let plugins = Plugins::new(store.clone(), publisher.clone(), default_ack)?;
+        for plugin in plugins.load(&config.plugin_specs()).await? {
+            tracing::info!(plugin = %plugin.name, version = %plugin.version, hooks = ?plugin.hooks, "plugin loaded");
+        }
+        let node = Node::new(store, bus, plugins, publisher, config.delivery.queue);
         let cert_path = identity.cert_path.clone();
         let server_config = server_config(identity, &config)?;
         let endpoint =
@@ -107,6 +121,15 @@ impl Gateway {
 
     pub fn node(&self) -> &Arc<Node> {
         &self.shared.node
+    }
+
+    /// Replaces the plugin chain without touching connections. If any plugin fails to
+    /// load, the running chain stays as it was.
+    pub async fn reload_plugins(&self, specs: &[PluginSpec]) -> Result<(), PluginError> {
+        let loaded = self.shared.node.plugins.load(specs).await?;
+        let names: Vec<&str> = loaded.iter().map(|p| p.name.as_str()).collect();
+        tracing::info!(plugins = ?names, "plugins reloaded");
+        Ok(())
     }
 
     /// Closes every connection (clients see `shutting_down`), stops all tasks and

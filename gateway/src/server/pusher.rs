@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_protocol::{ErrorCode, encode_push};
+use chat_protocol::{AckPolicy, ErrorCode, Message, encode_push};
 use quinn::SendStream;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::connection::Refusal;
 use crate::node::{Attached, Control, Push};
-use crate::session::requests::to_wire;
+use crate::plugins::Plugins;
+use crate::session::RequestError;
+use crate::session::visibility::render;
 use crate::session::{Delivery, Offer};
 use crate::store::{Membership, PageFrom, SeqRange, Store};
 
@@ -28,6 +30,7 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
+    plugins: &'a Plugins,
     user: &'a str,
     device: &'a str,
     delivery: Delivery,
@@ -46,10 +49,10 @@ impl<'a> Pusher<'a> {
         device: &'a str,
         groups: &[Membership],
         cursors: &[(String, u64)],
+        (live, catch_up): (AckPolicy, AckPolicy),
         attached: Attached,
     ) -> Self {
-        let delivery_config = &shared.config.delivery;
-        let mut delivery = Delivery::new(delivery_config.ack_policy(), delivery_config.window);
+        let mut delivery = Delivery::new(live, catch_up, shared.config.delivery.window);
         let cursors: HashMap<&str, u64> = cursors.iter().map(|(g, s)| (g.as_str(), *s)).collect();
         for m in groups {
             // Resume after what this device acknowledged, never before the join watermark.
@@ -62,6 +65,7 @@ impl<'a> Pusher<'a> {
         }
         Self {
             store: shared.node.store.as_ref(),
+            plugins: &shared.node.plugins,
             user,
             device,
             delivery,
@@ -106,7 +110,11 @@ impl<'a> Pusher<'a> {
 
     fn offer_live(&mut self, push: Arc<Push>) {
         let now = Instant::now();
-        if self.delivery.offer(&push.group, push.seq, &push.bytes, now) == Offer::Send {
+        if self
+            .delivery
+            .offer(&push.group, push.seq, &push.bytes, false, now)
+            == Offer::Send
+        {
             self.out.push(push.bytes.clone());
         }
     }
@@ -146,7 +154,8 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    async fn catch_up_group(&mut self, group: &str) -> Result<(), crate::store::StoreError> {
+    /// Pushes what `group`'s log holds past what was sent, as this user may see it.
+    async fn catch_up_group(&mut self, group: &str) -> Result<(), RequestError> {
         loop {
             let (Some(after), room) = (self.delivery.sent(group), self.delivery.room()) else {
                 return Ok(());
@@ -166,11 +175,13 @@ impl<'a> Pusher<'a> {
                 .messages(group, range, PageFrom::Oldest, limit)
                 .await?;
             let full = page.len() == limit;
+            let hidden = self.plugins.hidden(self.user, group, &page).await?;
             let now = Instant::now();
             for message in page {
                 let seq = message.seq;
-                let bytes = encode_push(&to_wire(message));
-                if self.delivery.offer(group, seq, &bytes, now) != Offer::Send {
+                let bytes =
+                    encode_push(&render(self.user, message, &hidden, Message::FLAG_CATCH_UP));
+                if self.delivery.offer(group, seq, &bytes, true, now) != Offer::Send {
                     return Ok(());
                 }
                 self.out.push(bytes);

@@ -6,7 +6,8 @@
 //! the live stream, a full window, a dropped event) it says so, and the task catches that
 //! group up from the log.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,30 +32,34 @@ struct GroupState {
     sent: u64,
     /// Highest seq such that it and everything before it is acknowledged.
     acked: u64,
-    /// Written but not acknowledged, with the bytes to retransmit.
-    pending: BTreeMap<u64, Bytes>,
+    /// Written but not acknowledged: the bytes to retransmit, and their timeout.
+    pending: BTreeMap<u64, (Bytes, Duration)>,
 }
 
 /// The delivery state machine of one connection.
 #[derive(Debug)]
 pub struct Delivery {
-    retransmit_after: Duration,
+    /// Retransmit timeouts of live and of catch-up pushes.
+    retransmit_live: Duration,
+    retransmit_catch_up: Duration,
     /// Most pushes in flight before live delivery pauses and the log takes over.
     window: usize,
     groups: HashMap<String, GroupState>,
-    /// (deadline, group, seq) in send order; entries already acknowledged are skipped lazily.
-    retransmits: VecDeque<(Instant, String, u64)>,
+    /// (deadline, seq, group), soonest first; acknowledged entries are skipped lazily.
+    retransmits: BinaryHeap<Reverse<(Instant, u64, String)>>,
     in_flight: usize,
     behind: BTreeSet<String>,
 }
 
 impl Delivery {
-    pub fn new(policy: AckPolicy, window: usize) -> Self {
+    /// `live` and `catch_up` are the ACK policies announced to the client.
+    pub fn new(live: AckPolicy, catch_up: AckPolicy, window: usize) -> Self {
         Self {
-            retransmit_after: Duration::from_millis(policy.retransmit_ms.into()),
+            retransmit_live: Duration::from_millis(live.retransmit_ms.into()),
+            retransmit_catch_up: Duration::from_millis(catch_up.retransmit_ms.into()),
             window: window.max(1),
             groups: HashMap::new(),
-            retransmits: VecDeque::new(),
+            retransmits: BinaryHeap::new(),
             in_flight: 0,
             behind: BTreeSet::new(),
         }
@@ -107,8 +112,15 @@ impl Delivery {
         self.in_flight
     }
 
-    /// Offers the push `bytes` of (`group`, `seq`).
-    pub fn offer(&mut self, group: &str, seq: u64, bytes: &Bytes, now: Instant) -> Offer {
+    /// Offers the push `bytes` of (`group`, `seq`), live or read from the log (`catch_up`).
+    pub fn offer(
+        &mut self,
+        group: &str,
+        seq: u64,
+        bytes: &Bytes,
+        catch_up: bool,
+        now: Instant,
+    ) -> Offer {
         let Some(state) = self.groups.get_mut(group) else {
             return Offer::NotMember;
         };
@@ -119,11 +131,16 @@ impl Delivery {
             self.behind.insert(group.to_owned());
             return Offer::Behind;
         }
+        let timeout = if catch_up {
+            self.retransmit_catch_up
+        } else {
+            self.retransmit_live
+        };
         state.sent = seq;
-        state.pending.insert(seq, bytes.clone());
+        state.pending.insert(seq, (bytes.clone(), timeout));
         self.in_flight += 1;
         self.retransmits
-            .push_back((now + self.retransmit_after, group.to_owned(), seq));
+            .push(Reverse((now + timeout, seq, group.to_owned())));
         Offer::Send
     }
 
@@ -178,24 +195,26 @@ impl Delivery {
     /// Pushes unacknowledged past the retransmit timeout, to write again now.
     pub fn due_retransmits(&mut self, now: Instant) -> Vec<Bytes> {
         let mut due = Vec::new();
-        while let Some((deadline, _, _)) = self.retransmits.front() {
+        while let Some(Reverse((deadline, _, _))) = self.retransmits.peek() {
             if *deadline > now {
                 break;
             }
-            let (_, group, seq) = self.retransmits.pop_front().expect("front exists");
-            let Some(bytes) = self.groups.get(&group).and_then(|g| g.pending.get(&seq)) else {
+            let Reverse((_, seq, group)) = self.retransmits.pop().expect("peeked");
+            let Some((bytes, timeout)) = self.groups.get(&group).and_then(|g| g.pending.get(&seq))
+            else {
                 continue;
             };
             due.push(bytes.clone());
-            self.retransmits
-                .push_back((now + self.retransmit_after, group, seq));
+            self.retransmits.push(Reverse((now + *timeout, seq, group)));
         }
         due
     }
 
     /// When the next retransmit may be due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.retransmits.front().map(|(deadline, _, _)| *deadline)
+        self.retransmits
+            .peek()
+            .map(|Reverse((deadline, _, _))| *deadline)
     }
 }
 
@@ -207,6 +226,11 @@ mod tests {
         max_delay_ms: 50,
         max_batch: 32,
         retransmit_ms: 1000,
+    };
+    const CATCH_UP: AckPolicy = AckPolicy {
+        max_delay_ms: 200,
+        max_batch: 256,
+        retransmit_ms: 3000,
     };
 
     fn push(seq: u64) -> Bytes {
@@ -224,28 +248,28 @@ mod tests {
     #[test]
     fn in_order_pushes_are_sent_and_repeats_dropped() {
         let now = Instant::now();
-        let mut d = Delivery::new(POLICY, 100);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
-        assert_eq!(d.offer("g", 1, &push(1), now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Duplicate);
-        assert_eq!(d.offer("other", 1, &push(1), now), Offer::NotMember);
+        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Duplicate);
+        assert_eq!(d.offer("other", 1, &push(1), false, now), Offer::NotMember);
         assert_eq!(d.in_flight(), 2);
     }
 
     #[test]
     fn a_gap_marks_the_group_behind_instead_of_sending_out_of_order() {
         let now = Instant::now();
-        let mut d = Delivery::new(POLICY, 100);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 4);
         d.take_behind();
         assert_eq!(
-            d.offer("g", 4, &push(4), now),
+            d.offer("g", 4, &push(4), false, now),
             Offer::Duplicate,
             "at the watermark"
         );
-        assert_eq!(d.offer("g", 7, &push(7), now), Offer::Behind);
+        assert_eq!(d.offer("g", 7, &push(7), false, now), Offer::Behind);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
         assert_eq!(d.sent("g"), Some(4));
     }
@@ -253,10 +277,10 @@ mod tests {
     #[test]
     fn acks_advance_the_cursor_only_over_a_contiguous_prefix() {
         let now = Instant::now();
-        let mut d = Delivery::new(POLICY, 100);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         for seq in 1..=5 {
-            d.offer("g", seq, &push(seq), now);
+            d.offer("g", seq, &push(seq), false, now);
         }
         assert_eq!(d.ack(&[ack("g", 3, 4)]), vec![]);
         assert_eq!(d.ack(&[ack("g", 1, 1)]), vec![("g".to_string(), 1)]);
@@ -275,10 +299,10 @@ mod tests {
     #[test]
     fn unacknowledged_pushes_are_retransmitted_after_the_timeout_until_acked() {
         let t0 = Instant::now();
-        let mut d = Delivery::new(POLICY, 100);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), t0);
-        d.offer("g", 2, &push(2), t0);
+        d.offer("g", 1, &push(1), false, t0);
+        d.offer("g", 2, &push(2), false, t0);
         assert!(
             d.due_retransmits(t0 + Duration::from_millis(999))
                 .is_empty()
@@ -295,27 +319,44 @@ mod tests {
     #[test]
     fn a_full_window_pauses_live_delivery_and_acks_resume_it() {
         let now = Instant::now();
-        let mut d = Delivery::new(POLICY, 2);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 2);
         d.join("g", 0);
         d.take_behind();
-        assert_eq!(d.offer("g", 1, &push(1), now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), now), Offer::Send);
-        assert_eq!(d.offer("g", 3, &push(3), now), Offer::Behind);
+        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
+        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Send);
+        assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Behind);
         assert!(d.take_behind().is_empty(), "no room yet");
         d.ack(&[ack("g", 1, 2)]);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
-        assert_eq!(d.offer("g", 3, &push(3), now), Offer::Send);
+        assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Send);
     }
 
     #[test]
     fn leaving_a_group_forgets_its_pending_pushes() {
         let now = Instant::now();
-        let mut d = Delivery::new(POLICY, 10);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 10);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), now);
+        d.offer("g", 1, &push(1), false, now);
         d.leave("g");
         assert_eq!(d.in_flight(), 0);
         assert!(d.due_retransmits(now + Duration::from_secs(2)).is_empty());
-        assert_eq!(d.offer("g", 2, &push(2), now), Offer::NotMember);
+        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::NotMember);
+    }
+
+    #[test]
+    fn catch_up_pushes_wait_for_their_own_longer_timeout() {
+        let t0 = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 10);
+        d.join("old", 0);
+        d.join("new", 0);
+        d.offer("old", 1, &push(1), true, t0);
+        d.offer("new", 1, &push(101), false, t0);
+        assert_eq!(
+            d.due_retransmits(t0 + Duration::from_millis(1000)),
+            vec![push(101)]
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(2000)));
+        let due = d.due_retransmits(t0 + Duration::from_millis(3000));
+        assert_eq!(due, vec![push(101), push(1)]);
     }
 }

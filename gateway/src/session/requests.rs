@@ -8,10 +8,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use chat_protocol::{
     Conversation, ErrorCode, Frame, HistoryPage, MAX_BODY_LEN, MAX_FRAME_LEN, MAX_PAGE, MemberInfo,
-    Message, Role, encode_push, valid_id,
+    Role, valid_id,
 };
 
+use super::publish::Publisher;
+use super::visibility::render;
 use crate::bus::{Bus, BusError, Event, Topic};
+use crate::plugins::{Plugins, Refusal};
 use crate::store::{Membership, NewMessage, PageFrom, SeqRange, Store, StoreError, StoredMessage};
 
 /// Most users one CreateGroup, AddMembers or RemoveMembers may name.
@@ -35,6 +38,8 @@ pub enum RequestError {
     #[error("frame type {0} is not a request")]
     NotARequest(&'static str),
     #[error(transparent)]
+    Plugin(#[from] Refusal),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -48,6 +53,9 @@ impl RequestError {
             RequestError::NotMember(_) => ErrorCode::NOT_MEMBER,
             RequestError::NotOwner(_) => ErrorCode::NOT_OWNER,
             RequestError::NotARequest(_) => ErrorCode::PROTOCOL_VIOLATION,
+            RequestError::Plugin(Refusal::Rejected(_)) => ErrorCode::REJECTED,
+            RequestError::Plugin(Refusal::UnknownCommand(_)) => ErrorCode::UNKNOWN_COMMAND,
+            RequestError::Plugin(Refusal::Failed(_)) => ErrorCode::PLUGIN_FAILED,
             RequestError::Store(StoreError::GroupExists(_)) => ErrorCode::GROUP_EXISTS,
             RequestError::Store(StoreError::NoSuchGroup(_)) => ErrorCode::NO_SUCH_GROUP,
             RequestError::Store(StoreError::Unavailable(_)) | RequestError::Bus(_) => {
@@ -61,6 +69,8 @@ impl RequestError {
 pub struct Requests {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    publisher: Arc<Publisher>,
+    plugins: Arc<Plugins>,
 }
 
 pub fn now_ms() -> u64 {
@@ -99,8 +109,18 @@ fn clamp_limit(limit: u16, default: usize, max: usize) -> usize {
 }
 
 impl Requests {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        Self { store, bus }
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        publisher: Arc<Publisher>,
+        plugins: Arc<Plugins>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            publisher,
+            plugins,
+        }
     }
 
     /// Answers one request frame from `user`.
@@ -146,7 +166,8 @@ impl Requests {
                 group,
                 msg_id,
                 body,
-            } => self.send(id, user, group, msg_id, body).await,
+                to,
+            } => self.send(id, user, group, msg_id, body, to).await,
             Frame::History {
                 id,
                 group,
@@ -154,6 +175,12 @@ impl Requests {
                 limit,
             } => self.history(id, user, &group, page, limit).await,
             Frame::ListConversations { id, limit } => self.conversations(id, user, limit).await,
+            Frame::Command {
+                id,
+                group,
+                name,
+                args,
+            } => self.command(id, user, &group, &name, &args).await,
             other => Err(RequestError::NotARequest(other.frame_type().name())),
         }
     }
@@ -302,39 +329,33 @@ impl Requests {
         group: String,
         msg_id: String,
         body: Bytes,
+        mut to: Vec<String>,
     ) -> Result<Frame, RequestError> {
         if body.len() > MAX_BODY_LEN {
             return Err(RequestError::BodyTooLarge(body.len()));
         }
         check_id("message", &msg_id)?;
+        check_users(&to)?;
         self.member(user, &group).await?;
-        let new = NewMessage {
+        to.sort();
+        to.dedup();
+        for recipient in &to {
+            if self.store.membership(&group, recipient).await?.is_none() {
+                return Err(RequestError::InvalidArgument(format!(
+                    "{recipient} is not a member of {group}"
+                )));
+            }
+        }
+        let outcome = self.plugins.on_send(&group, user, body, to).await?;
+        let message = NewMessage {
             group: group.clone(),
             sender: user.to_owned(),
             msg_id,
-            body: body.clone(),
+            body: outcome.body,
             ts_ms: now_ms(),
+            visible_to: outcome.visible_to,
         };
-        let appended = self.store.append(new).await?;
-        if !appended.duplicate {
-            let push = encode_push(&Message {
-                group: group.clone(),
-                seq: appended.seq,
-                sender: user.to_owned(),
-                ts_ms: appended.ts_ms,
-                flags: 0,
-                body,
-            });
-            let event = Event::Message {
-                group: group.clone(),
-                seq: appended.seq,
-                push,
-            };
-            // Stored is what counts: a receiver that misses this event finds the gap and reads the log.
-            if let Err(error) = self.bus.publish(Topic::Group(group.clone()), event).await {
-                tracing::warn!(%group, seq = appended.seq, %error, "publish failed; receivers will catch up from the log");
-            }
-        }
+        let appended = self.publisher.publish(message).await?;
         Ok(Frame::Sent {
             id,
             group,
@@ -342,6 +363,19 @@ impl Requests {
             ts_ms: appended.ts_ms,
             duplicate: appended.duplicate,
         })
+    }
+
+    async fn command(
+        &self,
+        id: u32,
+        user: &str,
+        group: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<Frame, RequestError> {
+        self.member(user, group).await?;
+        let text = self.plugins.command(user, group, name, args).await?;
+        Ok(Frame::CommandResult { id, text })
     }
 
     async fn history(
@@ -373,7 +407,11 @@ impl Requests {
         };
         let mut messages = self.store.messages(group, range, from, limit).await?;
         fit_in_frame(&mut messages, from);
-        let messages = messages.into_iter().map(to_wire).collect();
+        let hidden = self.plugins.hidden(user, group, &messages).await?;
+        let messages = messages
+            .into_iter()
+            .map(|m| render(user, m, &hidden, 0))
+            .collect();
         Ok(Frame::Messages { id, messages })
     }
 
@@ -397,17 +435,6 @@ impl Requests {
         });
         conversations.truncate(limit);
         Ok(Frame::Conversations { id, conversations })
-    }
-}
-
-pub fn to_wire(m: StoredMessage) -> Message {
-    Message {
-        group: m.group,
-        seq: m.seq,
-        sender: m.sender,
-        ts_ms: m.ts_ms,
-        flags: 0,
-        body: m.body,
     }
 }
 
@@ -446,9 +473,20 @@ mod tests {
     /// Request handling against a real embedded store, with no sockets.
     async fn requests() -> (Requests, Arc<LocalBus>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let bus = Arc::new(LocalBus::new());
-        (Requests::new(store, bus.clone()), bus, dir)
+        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+        let policy = chat_protocol::AckPolicy {
+            max_delay_ms: 50,
+            max_batch: 32,
+            retransmit_ms: 5000,
+        };
+        let plugins = Plugins::new(store.clone(), publisher.clone(), (policy, policy)).unwrap();
+        (
+            Requests::new(store, bus.clone(), publisher, plugins),
+            bus,
+            dir,
+        )
     }
 
     fn send(id: u32, group: &str, msg_id: &str, body: &'static [u8]) -> Frame {
@@ -457,6 +495,7 @@ mod tests {
             group: group.into(),
             msg_id: msg_id.into(),
             body: Bytes::from_static(body),
+            to: vec![],
         }
     }
 
@@ -496,7 +535,13 @@ mod tests {
         };
         assert_eq!((seq, duplicate), (1, true));
 
-        let Some(Event::Message { group, seq, push }) = events.recv().await else {
+        let Some(Event::Message {
+            group,
+            seq,
+            push,
+            private: None,
+        }) = events.recv().await
+        else {
             panic!("no event")
         };
         assert_eq!((group.as_str(), seq), ("g", 1));

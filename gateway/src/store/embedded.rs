@@ -23,6 +23,13 @@ const MEMBERS: TableDefinition<(&str, &str), (bool, u64)> = TableDefinition::new
 const USER_GROUPS: TableDefinition<(&str, &str), (bool, u64)> = TableDefinition::new("user_groups");
 /// (group, seq) → (sender, ts_ms, body): the group log, each message stored once.
 const MESSAGES: TableDefinition<(&str, u64), (&str, u64, &[u8])> = TableDefinition::new("messages");
+/// (group, seq) → recipients, comma-separated: the private messages of each group log.
+const PRIVATE: TableDefinition<(&str, u64), &str> = TableDefinition::new("private");
+/// (user, group, seq) → (): the private messages each user may see, written for the
+/// recipients only (a notice to one member of a huge group is one entry).
+const PRIVATE_INDEX: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("private_index");
+/// (plugin, key) → value: each plugin's own key-value namespace.
+const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
 /// (group, sender, msg_id) → seq: makes retried sends idempotent.
 const MSG_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("msg_ids");
 /// (user, device, group) → highest acknowledged seq.
@@ -70,6 +77,9 @@ impl EmbeddedStore {
         tx.open_table(MESSAGES)?;
         tx.open_table(MSG_IDS)?;
         tx.open_table(CURSORS)?;
+        tx.open_table(PRIVATE)?;
+        tx.open_table(PRIVATE_INDEX)?;
+        tx.open_table(PLUGIN_KV)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -314,6 +324,14 @@ impl Store for EmbeddedStore {
                     (m.sender.as_str(), m.ts_ms, &m.body[..]),
                 )?;
                 ids.insert(id_key, seq)?;
+                if let Some(to) = &m.visible_to {
+                    tx.open_table(PRIVATE)?
+                        .insert((m.group.as_str(), seq), to.join(",").as_str())?;
+                    let mut index = tx.open_table(PRIVATE_INDEX)?;
+                    for user in to {
+                        index.insert((user.as_str(), m.group.as_str(), seq), ())?;
+                    }
+                }
                 Appended {
                     seq,
                     ts_ms: m.ts_ms,
@@ -357,6 +375,7 @@ impl Store for EmbeddedStore {
                     sender: sender.to_owned(),
                     ts_ms,
                     body: Bytes::copy_from_slice(body),
+                    visible_to: None,
                 })
             };
             let mut page = match from {
@@ -373,7 +392,55 @@ impl Store for EmbeddedStore {
             if from == PageFrom::Newest {
                 page.reverse();
             }
+            if let (Some(first), Some(last)) = (page.first(), page.last()) {
+                let private = tx.open_table(PRIVATE)?;
+                for entry in
+                    private.range((group.as_str(), first.seq)..=(group.as_str(), last.seq))?
+                {
+                    let (key, to) = entry?;
+                    let seq = key.value().1;
+                    if let Some(m) = page.iter_mut().find(|m| m.seq == seq) {
+                        m.visible_to = Some(to.value().split(',').map(str::to_owned).collect());
+                    }
+                }
+            }
             Ok(page)
+        })
+        .await
+    }
+
+    async fn plugin_get(&self, plugin: &str, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let kv = tx.open_table(PLUGIN_KV)?;
+            Ok(kv
+                .get((plugin.as_str(), key.as_str()))?
+                .map(|v| Bytes::copy_from_slice(v.value())))
+        })
+        .await
+    }
+
+    async fn plugin_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (plugin, key, value) = (plugin.to_owned(), key.to_owned(), value.to_vec());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            tx.open_table(PLUGIN_KV)?
+                .insert((plugin.as_str(), key.as_str()), &value[..])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn plugin_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            tx.open_table(PLUGIN_KV)?
+                .remove((plugin.as_str(), key.as_str()))?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

@@ -53,6 +53,8 @@ pub struct NewMessage {
     pub msg_id: String,
     pub body: Bytes,
     pub ts_ms: u64,
+    /// Only these users (and the sender) may see it; `None` for the whole group.
+    pub visible_to: Option<Vec<String>>,
 }
 
 /// A message as stored in a group's log.
@@ -63,6 +65,20 @@ pub struct StoredMessage {
     pub sender: String,
     pub ts_ms: u64,
     pub body: Bytes,
+    /// Only these users (and the sender) may see it; `None` for the whole group.
+    pub visible_to: Option<Vec<String>>,
+}
+
+impl StoredMessage {
+    /// Whether `user` may see this message. The gateway checks this itself on every read
+    /// and push, whatever plugins are loaded: private stays private.
+    pub fn visible_to(&self, user: &str) -> bool {
+        self.sender == user
+            || self
+                .visible_to
+                .as_ref()
+                .is_none_or(|to| to.iter().any(|u| u == user))
+    }
 }
 
 /// The result of an append.
@@ -136,7 +152,8 @@ pub trait Store: Send + Sync + 'static {
     async fn conversations(&self, user: &str) -> Result<Vec<(Membership, GroupInfo)>, StoreError>;
 
     /// Appends to the group's log with the next seq (gapless), or returns the earlier
-    /// result for a repeated (group, sender, msg_id).
+    /// result for a repeated (group, sender, msg_id). A private message is indexed for its
+    /// recipients only: one index entry per recipient, none for everybody else.
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
     /// Up to `limit` messages of `range`, ascending by seq.
@@ -150,6 +167,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest seq each of the user's devices acknowledged, per group.
     async fn cursors(&self, user: &str, device: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// A plugin's value for `key`, in that plugin's own namespace.
+    async fn plugin_get(&self, plugin: &str, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    async fn plugin_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    async fn plugin_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError>;
 
     /// Advances delivery cursors (never moves one backwards).
     async fn advance_cursors(

@@ -1,0 +1,353 @@
+//! The wasmtime side: one engine per gateway, each plugin compiled once and
+//! pre-instantiated, instances reused from a small pool, every call under a CPU deadline,
+//! a memory cap and a host-call budget. A fault costs that call and that instance only.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
+
+use super::bindings::chat::gateway::types::{self as wit, Hook};
+use super::bindings::{Plugin, PluginPre};
+use super::host::{HOST_CALLS_PER_HOOK, HostState};
+use super::{Failure, PluginError, PluginSpec};
+use crate::session::Publisher;
+use crate::store::Store as ChatStore;
+
+/// How often the epoch advances: the granularity of CPU deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Idle instances kept per plugin for reuse.
+const POOL_SIZE: usize = 8;
+/// Wasm stack per instance.
+const MAX_STACK: usize = 512 * 1024;
+
+/// The engine and linker shared by every plugin of a gateway.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Runtime {
+    pub fn new() -> Result<Arc<Self>, PluginError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_STACK);
+        // Plugins are small; reserve little address space per memory.
+        config.memory_reservation(64 << 20);
+        let engine = Engine::new(&config).map_err(PluginError::engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::engine)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
+            .map_err(PluginError::engine)?;
+        // The ticker stops when the last engine handle (here, the runtime) is gone.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        Ok(Arc::new(Self { engine, linker }))
+    }
+
+    /// Compiles a component and checks that it is a plugin of this world.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<PluginPre<HostState>, PluginError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Invalid("not a WebAssembly file".into()));
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(PluginError::Invalid(
+                "a core WebAssembly module, not a component: build it with --target wasm32-wasip2"
+                    .into(),
+            ));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Invalid(format!("not a WebAssembly component: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            PluginError::Invalid(format!(
+                "imports something this gateway does not offer: {e:#}"
+            ))
+        })?;
+        PluginPre::new(pre)
+            .map_err(|e| PluginError::Invalid(format!("not a chat:gateway@0.1.0 plugin: {e:#}")))
+    }
+}
+
+/// Counters an operator watches.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub faults: AtomicU64,
+    faults_in_a_row: AtomicU32,
+    pub disabled: AtomicBool,
+}
+
+/// A reusable instance: its store and bindings.
+pub struct Instance {
+    pub store: Store<HostState>,
+    pub bindings: Plugin,
+}
+
+/// A compiled plugin, ready to be called.
+pub struct Loaded {
+    pub spec: PluginSpec,
+    /// The plugin's own name (from `describe`), its key-value namespace.
+    pub name: Arc<str>,
+    pub version: String,
+    pub hooks: Vec<Hook>,
+    /// Client commands it owns.
+    pub commands: Vec<String>,
+    pre: PluginPre<HostState>,
+    runtime: Arc<Runtime>,
+    store: Arc<dyn ChatStore>,
+    publisher: Arc<Publisher>,
+    config_json: Arc<str>,
+    pool: Mutex<Vec<Instance>>,
+    pub stats: Stats,
+}
+
+/// Why one call into a plugin failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Fault {
+    #[error("plugin {0} is disabled after repeated faults; reload it to retry")]
+    Disabled(String),
+    #[error("plugin {plugin} failed: {reason}")]
+    Failed { plugin: String, reason: String },
+}
+
+impl Loaded {
+    pub async fn new(
+        runtime: Arc<Runtime>,
+        spec: PluginSpec,
+        bytes: &[u8],
+        store: Arc<dyn ChatStore>,
+        publisher: Arc<Publisher>,
+    ) -> Result<Self, PluginError> {
+        let pre = runtime.prepare(bytes)?;
+        let config_json: Arc<str> = serde_json::to_string(&spec.config)
+            .map_err(|e| PluginError::Invalid(format!("config: {e}")))?
+            .into();
+        let mut loaded = Self {
+            name: spec.source.clone().into(),
+            version: String::new(),
+            hooks: Vec::new(),
+            commands: Vec::new(),
+            spec,
+            pre,
+            runtime,
+            store,
+            publisher,
+            config_json,
+            pool: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+        };
+        let info = loaded
+            .describe()
+            .await
+            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+        if !chat_protocol::valid_id(&info.name) {
+            return Err(PluginError::Invalid(format!(
+                "plugin name {:?} is not a valid id",
+                info.name
+            )));
+        }
+        // Instances made before the name was known carry the wrong namespace; and loading
+        // is not a call an operator counts.
+        loaded.pool.lock().expect("pool lock").clear();
+        loaded.stats = Stats::default();
+        loaded.name = info.name.into();
+        loaded.version = info.version;
+        loaded.hooks = info.hooks;
+        loaded.commands = info.commands;
+        Ok(loaded)
+    }
+
+    pub fn has(&self, hook: Hook) -> bool {
+        self.hooks.contains(&hook)
+    }
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.spec.memory_mb as usize * 1024 * 1024)
+            .instances(16)
+            .tables(16)
+            .table_elements(100_000)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            self.name.clone(),
+            self.config_json.clone(),
+            self.store.clone(),
+            self.publisher.clone(),
+            limits,
+        );
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance { store, bindings })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.spec.cpu_ms.max(1) as u128 * 1000 / EPOCH_TICK.as_micros()).max(1) as u64
+    }
+
+    pub async fn describe(&self) -> Result<wit::Info, Fault> {
+        match self.call(Call::Describe).await? {
+            Answer::Info(info) => Ok(info),
+            _ => unreachable!("describe answers with info"),
+        }
+    }
+
+    pub async fn on_send(&self, message: &wit::Outgoing) -> Result<wit::SendVerdict, Fault> {
+        match self.call(Call::OnSend(message)).await? {
+            Answer::Verdict(verdict) => Ok(verdict),
+            _ => unreachable!("on-send answers with a verdict"),
+        }
+    }
+
+    pub async fn filter_read(
+        &self,
+        user: &str,
+        group: &str,
+        page: &[wit::Stored],
+    ) -> Result<Vec<u64>, Fault> {
+        match self.call(Call::FilterRead(user, group, page)).await? {
+            Answer::Hidden(seqs) => Ok(seqs),
+            _ => unreachable!("filter-read answers with seqs"),
+        }
+    }
+
+    pub async fn on_command(
+        &self,
+        user: &str,
+        group: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<Result<String, String>, Fault> {
+        match self.call(Call::Command(user, group, name, args)).await? {
+            Answer::Command(result) => Ok(result),
+            _ => unreachable!("on-command answers with a result"),
+        }
+    }
+
+    pub async fn ack_policy(
+        &self,
+        user: &str,
+        device: &str,
+        delivery: wit::Delivery,
+    ) -> Result<Option<wit::AckPolicy>, Fault> {
+        match self.call(Call::AckPolicy(user, device, delivery)).await? {
+            Answer::Ack(policy) => Ok(policy),
+            _ => unreachable!("ack-policy answers with a policy"),
+        }
+    }
+
+    /// Runs one hook call on a pooled (or fresh) instance under the plugin's limits.
+    async fn call(&self, call: Call<'_>) -> Result<Answer, Fault> {
+        if self.stats.disabled.load(Ordering::Relaxed) {
+            return Err(Fault::Disabled(self.name.to_string()));
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.pool.lock().expect("pool lock").pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => match self.instantiate().await {
+                Ok(instance) => instance,
+                Err(e) => return Err(self.fault(format!("instantiating: {e:#}"))),
+            },
+        };
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        instance.store.data_mut().calls_left = HOST_CALLS_PER_HOOK;
+        // Host calls (store access) do not advance the epoch check; this bounds them too.
+        let wall = Duration::from_millis(self.spec.cpu_ms.max(1) * 10 + 1000);
+        match tokio::time::timeout(wall, invoke(&mut instance, call)).await {
+            Ok(Ok(value)) => {
+                self.stats.faults_in_a_row.store(0, Ordering::Relaxed);
+                let mut pool = self.pool.lock().expect("pool lock");
+                if pool.len() < POOL_SIZE {
+                    pool.push(instance);
+                }
+                Ok(value)
+            }
+            // A trapped instance is dropped: its memory may be inconsistent.
+            Ok(Err(trap)) => Err(self.fault(describe_trap(&trap, &self.spec))),
+            Err(_) => Err(self.fault(format!("took longer than {} ms", wall.as_millis()))),
+        }
+    }
+
+    /// Counts a fault, logs it, and disables the plugin after too many in a row.
+    pub fn fault(&self, reason: String) -> Fault {
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.stats.faults_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let plugin = self.name.to_string();
+        tracing::warn!(%plugin, %reason, in_a_row, "plugin fault");
+        if in_a_row >= self.spec.max_faults && !self.stats.disabled.swap(true, Ordering::Relaxed) {
+            tracing::error!(%plugin, in_a_row, "plugin disabled until reloaded");
+        }
+        Fault::Failed { plugin, reason }
+    }
+
+    pub fn failure(&self) -> Failure {
+        self.spec.failure
+    }
+}
+
+/// A hook call and its arguments.
+enum Call<'a> {
+    Describe,
+    OnSend(&'a wit::Outgoing),
+    FilterRead(&'a str, &'a str, &'a [wit::Stored]),
+    Command(&'a str, &'a str, &'a str, &'a [String]),
+    AckPolicy(&'a str, &'a str, wit::Delivery),
+}
+
+/// What a hook call returned.
+enum Answer {
+    Info(wit::Info),
+    Verdict(wit::SendVerdict),
+    Hidden(Vec<u64>),
+    Command(Result<String, String>),
+    Ack(Option<wit::AckPolicy>),
+}
+
+async fn invoke(i: &mut Instance, call: Call<'_>) -> wasmtime::Result<Answer> {
+    let (b, store) = (&i.bindings, &mut i.store);
+    Ok(match call {
+        Call::Describe => Answer::Info(b.call_describe(store).await?),
+        Call::OnSend(message) => Answer::Verdict(b.call_on_send(store, message).await?),
+        Call::FilterRead(user, group, page) => {
+            Answer::Hidden(b.call_filter_read(store, user, group, page).await?)
+        }
+        Call::Command(user, group, name, args) => {
+            Answer::Command(b.call_on_command(store, user, group, name, args).await?)
+        }
+        Call::AckPolicy(user, device, delivery) => {
+            Answer::Ack(b.call_ack_policy(store, user, device, delivery).await?)
+        }
+    })
+}
+
+fn describe_trap(trap: &wasmtime::Error, spec: &PluginSpec) -> String {
+    match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => format!("exceeded its CPU budget of {} ms", spec.cpu_ms),
+        Some(wasmtime::Trap::StackOverflow) => "overflowed its stack".into(),
+        Some(other) => format!("trapped: {other}"),
+        None => {
+            let text = format!("{trap:#}");
+            if text.contains("memory") && text.contains("limit") {
+                format!("exceeded its memory cap of {} MiB", spec.memory_mb)
+            } else {
+                text
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The store → encode → publish phases of a message, shared by client sends and plugin
+//! notices: append once, encode the push once (and, for a private message, its
+//! placeholder once), publish once per message.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_protocol::{Message, encode_push};
+
+use super::visibility::placeholder;
+use crate::bus::{Bus, Event, PrivateDelivery, Topic};
+use crate::session::{RequestError, now_ms};
+use crate::store::{Appended, NewMessage, Store};
+
+pub struct Publisher {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+}
+
+impl Publisher {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        Self { store, bus }
+    }
+
+    /// Appends `message` to its group's log and publishes it, unless it is a repeat.
+    pub async fn publish(&self, message: NewMessage) -> Result<Appended, RequestError> {
+        let group = message.group.clone();
+        let sender = message.sender.clone();
+        let visible_to = message.visible_to.clone();
+        let body = message.body.clone();
+        let appended = self.store.append(message).await?;
+        if appended.duplicate {
+            return Ok(appended);
+        }
+        let private = visible_to.is_some();
+        let push = encode_push(&Message {
+            group: group.clone(),
+            seq: appended.seq,
+            sender: sender.clone(),
+            ts_ms: appended.ts_ms,
+            flags: if private { Message::FLAG_PRIVATE } else { 0 },
+            body,
+        });
+        let private = visible_to.map(|visible_to| PrivateDelivery {
+            sender,
+            visible_to,
+            placeholder: encode_push(&placeholder(&group, appended.seq, appended.ts_ms, 0)),
+        });
+        let event = Event::Message {
+            group: group.clone(),
+            seq: appended.seq,
+            push,
+            private,
+        };
+        // Stored is what counts: a receiver that misses this event finds the gap and reads the log.
+        if let Err(error) = self.bus.publish(Topic::Group(group.clone()), event).await {
+            tracing::warn!(%group, seq = appended.seq, %error, "publish failed; receivers will catch up from the log");
+        }
+        Ok(appended)
+    }
+
+    /// A notice from `plugin` to one member of `group`, visible to them only.
+    pub async fn notice(
+        &self,
+        plugin: &str,
+        group: &str,
+        user: &str,
+        body: Vec<u8>,
+    ) -> Result<u64, RequestError> {
+        if self.store.membership(group, user).await?.is_none() {
+            return Err(RequestError::NotMember(group.to_owned()));
+        }
+        if body.len() > chat_protocol::MAX_BODY_LEN {
+            return Err(RequestError::BodyTooLarge(body.len()));
+        }
+        let notice = NewMessage {
+            group: group.to_owned(),
+            sender: format!("plugin:{plugin}"),
+            msg_id: format!("notice-{:016x}", rand::random::<u64>()),
+            body: Bytes::from(body),
+            ts_ms: now_ms(),
+            visible_to: Some(vec![user.to_owned()]),
+        };
+        Ok(self.publish(notice).await?.seq)
+    }
+}

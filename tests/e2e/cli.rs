@@ -140,6 +140,7 @@ fn two_cli_users_talk_in_a_group() {
     assert_eq!(pushes[0]["seq"], 1);
     assert_eq!(pushes[0]["sender"], "alice");
     assert_eq!(pushes[0]["text"], "hello team");
+    assert!(pushes[0].get("private").is_none() && pushes[0].get("hidden").is_none());
     assert!(pushes[0]["ts_ms"].as_u64().unwrap() > 1_700_000_000_000);
     assert_eq!(pushes[1]["text"], "hi from carol");
 
@@ -189,4 +190,71 @@ fn cli_errors_go_to_stderr_with_a_nonzero_exit() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing_token"));
+}
+
+#[test]
+fn plugin_check_describes_good_components_and_explains_bad_ones() {
+    let check = |file: &Path| {
+        Command::new(binary("chat-gateway"))
+            .args(["plugin", "check"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+
+    let good = check(&chat_tests::test_plugin("accepts-all"));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(stdout.contains("accepts-all 0.1.0"), "{stdout}");
+    assert!(stdout.contains("chat:gateway@0.1.0"), "{stdout}");
+    assert!(stdout.contains("hooks:    send, read"), "{stdout}");
+
+    let wrong = check(&chat_tests::test_plugin("wrong-world"));
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("not a chat:gateway@0.1.0 plugin"),
+        "{stderr}"
+    );
+
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), b"definitely not wasm").unwrap();
+    let bad = check(garbage.path());
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a WebAssembly file"));
+}
+
+#[test]
+fn cli_private_sends_and_delete_for_me() {
+    let gw = Served::start();
+    gw.ok("alice", &["group", "create", "g", "--members", "bob,carol"]);
+    assert_eq!(
+        gw.ok("alice", &["send", "g", "for bob", "--to", "bob"])
+            .trim(),
+        "1"
+    );
+    gw.ok("alice", &["send", "g", "for all"]);
+
+    let carol = json_lines(&gw.ok("carol", &["--json", "history", "g"]));
+    assert_eq!(carol[0]["hidden"], true);
+    assert_eq!(carol[0]["text"], "");
+    assert_eq!(carol[1]["text"], "for all");
+    let bob = json_lines(&gw.ok("bob", &["--json", "history", "g"]));
+    assert_eq!(
+        (bob[0]["text"].as_str(), bob[0]["private"].as_bool()),
+        (Some("for bob"), Some(true))
+    );
+
+    assert_eq!(
+        gw.ok("bob", &["delete", "g", "2"]).trim(),
+        "deleted 2 for you"
+    );
+    let bob = json_lines(&gw.ok("bob", &["--json", "history", "g"]));
+    assert_eq!(bob[1]["hidden"], true);
+    let alice = json_lines(&gw.ok("alice", &["--json", "history", "g"]));
+    assert_eq!(alice[1]["text"], "for all");
 }

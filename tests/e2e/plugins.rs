@@ -294,3 +294,40 @@ async fn a_fail_closed_plugin_that_faults_refuses_with_a_clear_error_and_stores_
         .unwrap();
     assert_eq!(alice.send("g", "hello").await.unwrap().seq, 1);
 }
+
+#[tokio::test]
+async fn a_plugin_notice_reaches_one_member_and_its_state_survives_a_restart() {
+    let specs = vec![test_plugin_spec("notifier", Failure::FailClosed)];
+    let mut gw = TestGateway::start_with(|c| c.plugins = Some(specs.clone())).await;
+    let alice = gw.connect("alice").await;
+    let bob = gw.connect("bob").await;
+    alice.create_group("g", &users(&["bob"])).await.unwrap();
+
+    assert_eq!(
+        bob.command("g", "ping", &[]).await.unwrap(),
+        "sent notice 1"
+    );
+    let notice = receive(&bob, 1).await;
+    assert_eq!(
+        (notice[0].sender.as_str(), texts(&notice)[0].as_str()),
+        ("plugin:notifier", "pong #1")
+    );
+    assert_ne!(notice[0].flags & Message::FLAG_PRIVATE, 0);
+    assert!(
+        receive(&alice, 1).await[0].is_hidden(),
+        "only bob sees his notice"
+    );
+
+    gw.restart().await;
+    let bob = gw.connect("bob").await;
+    assert_eq!(
+        bob.command("g", "ping", &[]).await.unwrap(),
+        "sent notice 2"
+    );
+    let got = receive(&bob, 1).await;
+    assert_eq!(
+        texts(&got),
+        ["pong #2"],
+        "the plugin's key-value state survived the restart"
+    );
+}

@@ -65,6 +65,10 @@ pub struct PluginSpec {
     /// Faults in a row after which the plugin is disabled until reloaded.
     #[serde(default = "default_max_faults")]
     pub max_faults: u32,
+    /// Reuse instances between calls (fast). `false` gives every call a fresh instance,
+    /// so nothing a plugin keeps in memory survives from one call to the next (slower).
+    #[serde(default = "default_reuse")]
+    pub reuse_instances: bool,
 }
 
 fn empty_table() -> toml::Table {
@@ -79,6 +83,9 @@ fn default_memory_mb() -> u32 {
 fn default_max_faults() -> u32 {
     10
 }
+fn default_reuse() -> bool {
+    true
+}
 
 impl PluginSpec {
     /// A spec with default limits.
@@ -90,6 +97,7 @@ impl PluginSpec {
             cpu_ms: default_cpu_ms(),
             memory_mb: default_memory_mb(),
             max_faults: default_max_faults(),
+            reuse_instances: default_reuse(),
         }
     }
 

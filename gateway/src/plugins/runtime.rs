@@ -273,7 +273,7 @@ impl Loaded {
             Ok(Ok(value)) => {
                 self.stats.faults_in_a_row.store(0, Ordering::Relaxed);
                 let mut pool = self.pool.lock().expect("pool lock");
-                if pool.len() < POOL_SIZE {
+                if self.spec.reuse_instances && pool.len() < POOL_SIZE {
                     pool.push(instance);
                 }
                 Ok(value)

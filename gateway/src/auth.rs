@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use chat_protocol::{ErrorCode, valid_id};
+use chat_protocol::{ErrorCode, valid_user_id};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +70,7 @@ impl TokenAuthority {
 
     /// A token for `user` expiring at `exp` (Unix seconds); a past `exp` makes an expired token.
     pub fn mint_expiring_at(&self, user: &str, exp: u64) -> Result<String, AuthError> {
-        if !valid_id(user) {
+        if !valid_user_id(user) {
             return Err(AuthError::Invalid(format!("invalid user id {user:?}")));
         }
         let claims = Claims {
@@ -93,7 +93,7 @@ impl TokenAuthority {
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 _ => AuthError::Invalid(e.to_string()),
             })?;
-        if !valid_id(&data.claims.sub) {
+        if !valid_user_id(&data.claims.sub) {
             return Err(AuthError::Invalid(
                 "the token names an invalid user id".into(),
             ));

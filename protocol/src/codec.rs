@@ -99,9 +99,12 @@ impl Writer {
         self.buf.put_u64(v);
         self
     }
-    /// `u16` byte length, then UTF-8. Callers keep strings under 64 KiB.
+    /// `u16` byte length, then UTF-8. Longer strings are cut at a character boundary.
     pub(crate) fn str(&mut self, v: &str) -> &mut Self {
-        let len = v.len().min(u16::MAX as usize);
+        let mut len = v.len().min(u16::MAX as usize);
+        while !v.is_char_boundary(len) {
+            len -= 1;
+        }
         self.buf.put_u16(len as u16);
         self.buf.put_slice(&v.as_bytes()[..len]);
         self

@@ -32,6 +32,14 @@ pub const MAX_LIST_LEN: usize = 10_000;
 /// Most messages one `History` request returns.
 pub const MAX_PAGE: u16 = 500;
 
+/// Sender ids starting with this are the gateway's plugins (their notices); no user has one.
+pub const PLUGIN_SENDER_PREFIX: &str = "plugin:";
+
+/// Checks a user id: a valid id that does not pose as a plugin.
+pub fn valid_user_id(id: &str) -> bool {
+    valid_id(id) && !id.starts_with(PLUGIN_SENDER_PREFIX)
+}
+
 /// Checks a user, group, device or message id: 1..=64 bytes of `[A-Za-z0-9_.@:-]`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()

@@ -301,6 +301,11 @@ fn ids_are_checked() {
     assert!(!valid_id(""));
     assert!(!valid_id("has space"));
     assert!(!valid_id(&"x".repeat(MAX_ID_LEN + 1)));
+    assert!(valid_user_id("alice"));
+    assert!(
+        !valid_user_id("plugin:notifier"),
+        "users cannot pose as plugins"
+    );
 }
 
 #[test]
@@ -309,4 +314,17 @@ fn error_codes_have_stable_names() {
     assert_eq!(ErrorCode(999).name(), "unknown");
     assert!(ErrorCode::UNAVAILABLE.is_retryable());
     assert!(!ErrorCode::NOT_MEMBER.is_retryable());
+}
+
+#[test]
+fn an_overlong_string_is_cut_at_a_character_boundary() {
+    let text = "é".repeat(40_000); // 80,000 bytes
+    let frame = Frame::CommandResult { id: 1, text };
+    let mut decoder = FrameDecoder::new();
+    decoder.extend(&frame.encode());
+    let Some(Frame::CommandResult { text, .. }) = decoder.next_frame().unwrap() else {
+        panic!("not decoded")
+    };
+    assert_eq!(text.len(), 65_534);
+    assert!(text.chars().all(|c| c == 'é'));
 }

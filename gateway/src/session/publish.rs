@@ -75,7 +75,7 @@ impl Publisher {
         }
         let notice = NewMessage {
             group: group.to_owned(),
-            sender: format!("plugin:{plugin}"),
+            sender: format!("{}{plugin}", chat_protocol::PLUGIN_SENDER_PREFIX),
             msg_id: format!("notice-{:016x}", rand::random::<u64>()),
             body: Bytes::from(body),
             ts_ms: now_ms(),

@@ -96,7 +96,14 @@ fn check_users(users: &[String]) -> Result<(), RequestError> {
             users.len()
         )));
     }
-    users.iter().try_for_each(|u| check_id("user", u))
+    users.iter().try_for_each(|u| {
+        if u.starts_with(chat_protocol::PLUGIN_SENDER_PREFIX) {
+            return Err(RequestError::InvalidArgument(format!(
+                "{u:?}: user ids may not start with \"plugin:\""
+            )));
+        }
+        check_id("user", u)
+    })
 }
 
 /// `limit` of 0 means `default`; anything above `max` is clamped.

@@ -35,6 +35,11 @@ impl Drop for Served {
 
 impl Served {
     fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// `chat-gateway serve`, with `--config FILE` when `config` (TOML) is given.
+    fn start_with_config(config: Option<&str>) -> Self {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -42,9 +47,16 @@ impl Served {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(binary("chat-gateway"))
+        let mut command = Command::new(binary("chat-gateway"));
+        command
             .args(["serve", "--listen", &addr, "--data"])
-            .arg(data.path())
+            .arg(data.path());
+        if let Some(config) = config {
+            let file = data.path().join("gateway.toml");
+            std::fs::write(&file, config).unwrap();
+            command.arg("--config").arg(file);
+        }
+        let child = command
             .env_remove("CHAT_TOKEN_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -57,6 +69,16 @@ impl Served {
             std::thread::sleep(Duration::from_millis(100));
         }
         served
+    }
+
+    /// Rewrites the config file and sends SIGHUP.
+    fn reload(&self, config: &str) {
+        std::fs::write(self.data.path().join("gateway.toml"), config).unwrap();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     fn token(&self, user: &str) -> String {
@@ -257,4 +279,60 @@ fn cli_private_sends_and_delete_for_me() {
     assert_eq!(bob[1]["hidden"], true);
     let alice = json_lines(&gw.ok("alice", &["--json", "history", "g"]));
     assert_eq!(alice[1]["text"], "for all");
+}
+
+#[test]
+fn sighup_reloads_the_plugin_chain_and_keeps_connections() {
+    let mask = "[[plugins]]\npath = \"bundled:word-filter\"\nconfig = { words = [\"darn\"] }\n";
+    let gw = Served::start_with_config(Some(mask));
+    gw.ok("alice", &["group", "create", "g", "--members", "bob"]);
+    gw.ok("alice", &["group", "create", "probe"]);
+    let listener = gw
+        .command(
+            "bob",
+            &["--json", "listen", "--count", "2", "--timeout", "30"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gw.ok("alice", &["send", "g", "darn it"]);
+
+    gw.reload(&mask.replace(
+        "config = { words = [\"darn\"] }",
+        "config = { words = [\"darn\"], mode = \"reject\" }",
+    ));
+    // Probe in a group nobody listens to until the new chain answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = gw.chat("alice", &["send", "probe", "darn"]);
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("rejected"), "{stderr}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded chain never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken config is refused and the running chain stays.
+    gw.reload("[[plugins]]\npath = \"/nonexistent.wasm\"\n");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !gw.chat("alice", &["send", "g", "darn"]).status.success(),
+        "still rejecting"
+    );
+    gw.ok("alice", &["send", "g", "fine words"]);
+
+    let out = listener.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the listening connection survived: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushes = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let texts: Vec<&str> = pushes.iter().filter_map(|p| p["text"].as_str()).collect();
+    assert_eq!(texts, ["**** it", "fine words"]);
 }

@@ -13,6 +13,16 @@ if ! rustc --print target-libdir --target wasm32-wasip2 2>/dev/null | xargs test
     rustup target add wasm32-wasip2
 fi
 
+# The Redis store's tests start redis-server processes of their own on free ports.
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq redis-server
+    else
+        echo "redis-server not found: install it (e.g. apt-get install redis-server), then run this again" >&2
+        exit 1
+    fi
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked

@@ -33,6 +33,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store, the generated certificate and the token secret live.
     pub data_dir: PathBuf,
+    /// Keep groups, logs and cursors in this Redis (`redis://HOST:PORT`) instead of the
+    /// embedded store. Unset: the embedded store in `data_dir`.
+    pub redis: Option<String>,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
@@ -90,6 +93,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:4433".parse().expect("valid address"),
             data_dir: PathBuf::from("data"),
+            redis: None,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),

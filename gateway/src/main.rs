@@ -27,6 +27,9 @@ enum Command {
         /// UDP address to listen on [default: 127.0.0.1:4433, or the config's `listen`].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Keep data in this Redis (`redis://HOST:PORT`) instead of the embedded store.
+        #[arg(long)]
+        redis: Option<String>,
         #[command(flatten)]
         place: Place,
     },
@@ -81,10 +84,17 @@ impl Place {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, place } => {
+        Command::Serve {
+            listen,
+            redis,
+            place,
+        } => {
             let mut config = place.config()?;
             if let Some(listen) = listen {
                 config.listen = listen;
+            }
+            if redis.is_some() {
+                config.redis = redis;
             }
             init_logging();
             tokio::runtime::Builder::new_multi_thread()

@@ -9,3 +9,4 @@ mod groups;
 mod history;
 mod messaging;
 mod plugins;
+mod store;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::node::Node;
 use crate::plugins::{PluginError, PluginSpec, Plugins};
 use crate::session::Publisher;
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::tls::{Identity, TlsError, load_identity};
 
 /// Why a gateway could not start.
@@ -69,7 +69,10 @@ impl Gateway {
             config.tls.key.as_deref(),
         )?;
         let auth = TokenAuthority::new(&config.token_secret().map_err(StartError::Secret)?);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = match &config.redis {
+            Some(url) => Arc::new(RedisStore::connect(url).await?),
+            None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+        };
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
         let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
         let default_ack = (

@@ -5,8 +5,10 @@
 //! (redb, one node) is the default.
 
 mod embedded;
+mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;

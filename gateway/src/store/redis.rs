@@ -1,0 +1,531 @@
+//! The store on Redis, for many gateways sharing one deployment.
+//!
+//! Every key of a group carries the hash tag `{g:GROUP}` and every key of a user
+//! `{u:USER}`, so on a Redis Cluster a group's log, head, members and idempotency records
+//! live on one slot, and each multi-key step on a group is one Lua script there:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `chat:{g:G}:meta` | hash | owner, created, head, last_ts |
+//! | `chat:{g:G}:members` | hash | user → `o:JOINED` (owner) or `m:JOINED` |
+//! | `chat:{g:G}:roster` | sorted set | member ids, for paging in id order |
+//! | `chat:{g:G}:log` | hash | seq → message (sender, time, body): stored once |
+//! | `chat:{g:G}:ids` | hash | `SENDER\0MSG_ID` → `SEQ:TS`: idempotent sends |
+//! | `chat:{g:G}:private` | hash | seq → recipients (comma-separated) |
+//! | `chat:{g:G}:pidx:U` | set | private seqs U may see: written for recipients only |
+//! | `chat:{u:U}:groups` | hash | group → `o:JOINED` / `m:JOINED` |
+//! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
+//! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
+//!
+//! Seqs are gapless, so a page of the log is one `HMGET` of known fields.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{
+    Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
+    StoredMessage,
+};
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(e: redis::ParsingError) -> Self {
+        StoreError::Unavailable(format!("redis reply: {e}"))
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(format!("redis: {e}"))
+    }
+}
+
+/// [`Store`] on a Redis server.
+#[derive(Clone)]
+pub struct RedisStore {
+    redis: ConnectionManager,
+}
+
+/// The fields of a group's meta hash, in `GroupInfo` order.
+const META_FIELDS: [&str; 4] = ["owner", "created", "head", "last_ts"];
+
+fn group_key(group: &str, what: &str) -> String {
+    format!("chat:{{g:{group}}}:{what}")
+}
+
+fn user_key(user: &str, what: &str) -> String {
+    format!("chat:{{u:{user}}}:{what}")
+}
+
+fn role_value(owner: bool, joined_seq: u64) -> String {
+    format!("{}:{joined_seq}", if owner { 'o' } else { 'm' })
+}
+
+fn parse_role(group: &str, user: &str, value: &str) -> Result<Membership, StoreError> {
+    let (role, joined) = value
+        .split_once(':')
+        .ok_or_else(|| corrupt("membership", value))?;
+    Ok(Membership {
+        group: group.to_owned(),
+        user: user.to_owned(),
+        owner: role == "o",
+        joined_seq: joined.parse().map_err(|_| corrupt("membership", value))?,
+    })
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Unavailable(format!("redis holds a malformed {what}: {value:?}"))
+}
+
+/// A log entry: u16 sender length, sender, u64 time, body.
+fn encode_entry(sender: &str, ts_ms: u64, body: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(10 + sender.len() + body.len());
+    buf.put_u16(sender.len() as u16);
+    buf.put_slice(sender.as_bytes());
+    buf.put_u64(ts_ms);
+    buf.put_slice(body);
+    buf.to_vec()
+}
+
+fn decode_entry(group: &str, seq: u64, raw: Vec<u8>) -> Result<StoredMessage, StoreError> {
+    let mut buf = Bytes::from(raw);
+    let bad =
+        || StoreError::Unavailable(format!("redis holds a malformed log entry {group}#{seq}"));
+    if buf.remaining() < 2 {
+        return Err(bad());
+    }
+    let len = buf.get_u16() as usize;
+    if buf.remaining() < len + 8 {
+        return Err(bad());
+    }
+    let sender = String::from_utf8(buf.split_to(len).to_vec()).map_err(|_| bad())?;
+    let ts_ms = buf.get_u64();
+    Ok(StoredMessage {
+        group: group.to_owned(),
+        seq,
+        sender,
+        ts_ms,
+        body: buf,
+        visible_to: None,
+    })
+}
+
+/// KEYS: meta, members, roster. ARGV: owner, now, then member ids. 0 if the group exists.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'created', ARGV[2], 'head', 0, 'last_ts', ARGV[2])
+for i = 3, #ARGV do
+  local role = 'm:0'
+  if ARGV[i] == ARGV[1] then role = 'o:0' end
+  redis.call('HSET', KEYS[2], ARGV[i], role)
+  redis.call('ZADD', KEYS[3], 0, ARGV[i])
+end
+return 1
+"#,
+    )
+});
+
+/// KEYS: meta, members, roster. ARGV: users. Returns {head, added...} or -1 if no group.
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local head = redis.call('HGET', KEYS[1], 'head')
+local added = {head}
+for i = 1, #ARGV do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], 'm:' .. head) == 1 then
+    redis.call('ZADD', KEYS[3], 0, ARGV[i])
+    table.insert(added, ARGV[i])
+  end
+end
+return added
+"#,
+    )
+});
+
+/// KEYS: meta, members, roster. ARGV: users. Returns the removed, or -1 if no group.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local removed = {}
+for i = 1, #ARGV do
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[3], ARGV[i])
+    table.insert(removed, ARGV[i])
+  end
+end
+return removed
+"#,
+    )
+});
+
+/// Sequence assignment, log append and idempotency record in one step.
+/// KEYS: meta, log, ids, private. ARGV: sender\0msg_id, ts, entry, recipients ('' = all),
+/// then the private-index key of each recipient (same slot: they carry the group's tag).
+/// Returns {seq, ts, duplicate} or -1 if no group.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local seen = redis.call('HGET', KEYS[3], ARGV[1])
+if seen then
+  local sep = string.find(seen, ':')
+  return {tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1)), 1}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
+redis.call('HSET', KEYS[1], 'last_ts', ARGV[2])
+redis.call('HSET', KEYS[2], seq, ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], seq .. ':' .. ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[4], seq, ARGV[4])
+  for i = 5, #ARGV do redis.call('SADD', ARGV[i], seq) end
+end
+return {seq, tonumber(ARGV[2]), 0}
+"#,
+    )
+});
+
+/// KEYS: a cursor hash. ARGV: group, seq pairs. Moves each cursor forward only.
+static ADVANCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for i = 1, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"#,
+    )
+});
+
+impl RedisStore {
+    /// Connects (and reconnects by itself) to `url`, e.g. `redis://127.0.0.1:6379`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let redis = client.get_connection_manager().await?;
+        Ok(Self { redis })
+    }
+
+    fn con(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_group(
+        &self,
+        group: &str,
+        owner: &str,
+        members: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con();
+        let mut script = CREATE.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "members"))
+            .key(group_key(group, "roster"));
+        script.arg(owner).arg(now_ms).arg(owner);
+        for m in members {
+            script.arg(m);
+        }
+        let created: i64 = script.invoke_async(&mut con).await?;
+        if created == 0 {
+            return Err(StoreError::GroupExists(group.to_owned()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.hset(user_key(owner, "groups"), group, role_value(true, 0))
+            .ignore();
+        for m in members {
+            pipe.hset(user_key(m, "groups"), group, role_value(false, 0))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    async fn group(&self, group: &str) -> Result<Option<GroupInfo>, StoreError> {
+        let mut con = self.con();
+        let (owner, created, head, last): (Option<String>, Option<u64>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(group_key(group, "meta"))
+                .arg(&META_FIELDS[..])
+                .query_async(&mut con)
+                .await?;
+        Ok(owner.map(|owner| GroupInfo {
+            owner,
+            created_ms: created.unwrap_or(0),
+            head_seq: head.unwrap_or(0),
+            last_ts_ms: last.unwrap_or(0),
+        }))
+    }
+
+    async fn add_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<Membership>, StoreError> {
+        let mut con = self.con();
+        let mut script = ADD.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "members"))
+            .key(group_key(group, "roster"));
+        for u in users {
+            script.arg(u);
+        }
+        let reply: redis::Value = script.invoke_async(&mut con).await?;
+        let values: Vec<String> = match reply {
+            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(group.to_owned())),
+            other => redis::from_redis_value(other)?,
+        };
+        let head: u64 = values.first().and_then(|h| h.parse().ok()).unwrap_or(0);
+        let added: Vec<Membership> = values[1..]
+            .iter()
+            .map(|u| Membership {
+                group: group.to_owned(),
+                user: u.clone(),
+                owner: false,
+                joined_seq: head,
+            })
+            .collect();
+        if !added.is_empty() {
+            let mut pipe = redis::pipe();
+            for m in &added {
+                pipe.hset(user_key(&m.user, "groups"), group, role_value(false, head))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut con).await?;
+        }
+        Ok(added)
+    }
+
+    async fn remove_members(
+        &self,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut con = self.con();
+        let mut script = REMOVE.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "members"))
+            .key(group_key(group, "roster"));
+        for u in users {
+            script.arg(u);
+        }
+        let reply: redis::Value = script.invoke_async(&mut con).await?;
+        let removed: Vec<String> = match reply {
+            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(group.to_owned())),
+            other => redis::from_redis_value(other)?,
+        };
+        if !removed.is_empty() {
+            let mut pipe = redis::pipe();
+            for u in &removed {
+                pipe.hdel(user_key(u, "groups"), group).ignore();
+            }
+            pipe.query_async::<()>(&mut con).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn membership(&self, group: &str, user: &str) -> Result<Option<Membership>, StoreError> {
+        let value: Option<String> = self.con().hget(group_key(group, "members"), user).await?;
+        value.map(|v| parse_role(group, user, &v)).transpose()
+    }
+
+    async fn members(
+        &self,
+        group: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Membership>, StoreError> {
+        let mut con = self.con();
+        let start = if after.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        let users: Vec<String> = con
+            .zrangebylex_limit(group_key(group, "roster"), start, "+", 0, limit as isize)
+            .await?;
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let roles: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(group_key(group, "members"))
+            .arg(&users)
+            .query_async(&mut con)
+            .await?;
+        users
+            .iter()
+            .zip(roles)
+            .filter_map(|(u, role)| role.map(|r| parse_role(group, u, &r)))
+            .collect()
+    }
+
+    async fn groups_of(&self, user: &str) -> Result<Vec<Membership>, StoreError> {
+        let entries: Vec<(String, String)> = self.con().hgetall(user_key(user, "groups")).await?;
+        let mut groups: Vec<Membership> = entries
+            .iter()
+            .map(|(g, role)| parse_role(g, user, role))
+            .collect::<Result<_, _>>()?;
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<(Membership, GroupInfo)>, StoreError> {
+        let memberships = self.groups_of(user).await?;
+        let mut pipe = redis::pipe();
+        for m in &memberships {
+            pipe.cmd("HMGET")
+                .arg(group_key(&m.group, "meta"))
+                .arg(&META_FIELDS[..]);
+        }
+        let metas: Vec<(Option<String>, Option<u64>, Option<u64>, Option<u64>)> =
+            pipe.query_async(&mut self.con()).await?;
+        Ok(memberships
+            .into_iter()
+            .zip(metas)
+            .filter_map(|(m, (owner, created, head, last))| {
+                owner.map(|owner| {
+                    let info = GroupInfo {
+                        owner,
+                        created_ms: created.unwrap_or(0),
+                        head_seq: head.unwrap_or(0),
+                        last_ts_ms: last.unwrap_or(0),
+                    };
+                    (m, info)
+                })
+            })
+            .collect())
+    }
+
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        let mut con = self.con();
+        let mut script = APPEND.prepare_invoke();
+        script
+            .key(group_key(&m.group, "meta"))
+            .key(group_key(&m.group, "log"))
+            .key(group_key(&m.group, "ids"))
+            .key(group_key(&m.group, "private"));
+        script
+            .arg(format!("{}\0{}", m.sender, m.msg_id))
+            .arg(m.ts_ms)
+            .arg(encode_entry(&m.sender, m.ts_ms, &m.body))
+            .arg(
+                m.visible_to
+                    .as_ref()
+                    .map(|to| to.join(","))
+                    .unwrap_or_default(),
+            );
+        for user in m.visible_to.iter().flatten() {
+            script.arg(group_key(&m.group, &format!("pidx:{user}")));
+        }
+        let reply: redis::Value = script.invoke_async(&mut con).await?;
+        let (seq, ts_ms, duplicate): (u64, u64, u8) = match reply {
+            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(m.group)),
+            other => redis::from_redis_value(other)?,
+        };
+        Ok(Appended {
+            seq,
+            ts_ms,
+            duplicate: duplicate == 1,
+        })
+    }
+
+    async fn messages(
+        &self,
+        group: &str,
+        range: SeqRange,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut con = self.con();
+        let head: Option<u64> = con.hget(group_key(group, "meta"), "head").await?;
+        let (low, high) = (
+            range.after.saturating_add(1),
+            range.before.saturating_sub(1).min(head.unwrap_or(0)),
+        );
+        if low > high || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let count = (high - low + 1).min(limit as u64);
+        let first = match from {
+            PageFrom::Oldest => low,
+            PageFrom::Newest => high + 1 - count,
+        };
+        let seqs: Vec<u64> = (first..first + count).collect();
+        let (entries, private): (Vec<Option<Vec<u8>>>, Vec<Option<String>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(group_key(group, "log"))
+            .arg(&seqs)
+            .cmd("HMGET")
+            .arg(group_key(group, "private"))
+            .arg(&seqs)
+            .query_async(&mut con)
+            .await?;
+        let mut page = Vec::with_capacity(seqs.len());
+        for ((seq, entry), to) in seqs.into_iter().zip(entries).zip(private) {
+            let Some(raw) = entry else { continue };
+            let mut message = decode_entry(group, seq, raw)?;
+            message.visible_to = to.map(|to| to.split(',').map(str::to_owned).collect());
+            page.push(message);
+        }
+        Ok(page)
+    }
+
+    async fn plugin_get(&self, plugin: &str, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let value: Option<Vec<u8>> = self
+            .con()
+            .hget(format!("chat:{{p:{plugin}}}:kv"), key)
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn plugin_set(&self, plugin: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.con()
+            .hset::<_, _, _, ()>(format!("chat:{{p:{plugin}}}:kv"), key, value)
+            .await?;
+        Ok(())
+    }
+
+    async fn plugin_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError> {
+        self.con()
+            .hdel::<_, _, ()>(format!("chat:{{p:{plugin}}}:kv"), key)
+            .await?;
+        Ok(())
+    }
+
+    async fn cursors(&self, user: &str, device: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .con()
+            .hgetall(user_key(user, &format!("cursors:{device}")))
+            .await?)
+    }
+
+    async fn advance_cursors(
+        &self,
+        user: &str,
+        device: &str,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let mut script = ADVANCE.prepare_invoke();
+        script.key(user_key(user, &format!("cursors:{device}")));
+        for (group, seq) in cursors {
+            script.arg(group).arg(*seq);
+        }
+        script.invoke_async::<i64>(&mut self.con()).await?;
+        Ok(())
+    }
+}

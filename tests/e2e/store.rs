@@ -1,0 +1,335 @@
+//! One store behaviour suite, run against every backend: the embedded redb store and Redis
+//! (a `redis-server` of the test's own).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_gateway::store::{
+    EmbeddedStore, NewMessage, PageFrom, RedisStore, SeqRange, Store, StoreError,
+};
+use chat_tests::RedisServer;
+
+fn message(group: &str, sender: &str, msg_id: &str, body: &str) -> NewMessage {
+    NewMessage {
+        group: group.into(),
+        sender: sender.into(),
+        msg_id: msg_id.into(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        ts_ms: 1_000 + msg_id.len() as u64,
+        visible_to: None,
+    }
+}
+
+fn names(users: &[&str]) -> Vec<String> {
+    users.iter().map(|u| u.to_string()).collect()
+}
+
+const ALL: SeqRange = SeqRange {
+    after: 0,
+    before: u64::MAX,
+};
+
+async fn groups_and_members(store: &dyn Store) {
+    store
+        .create_group("g", "alice", &names(&["bob"]), 500)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_group("g", "eve", &[], 600).await,
+        Err(StoreError::GroupExists(_))
+    ));
+    let info = store.group("g").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.owner.as_str(),
+            info.head_seq,
+            info.created_ms,
+            info.last_ts_ms
+        ),
+        ("alice", 0, 500, 500)
+    );
+    assert!(store.group("nope").await.unwrap().is_none());
+
+    store
+        .append(message("g", "alice", "m1", "one"))
+        .await
+        .unwrap();
+    let added = store
+        .add_members("g", &names(&["carol", "bob"]))
+        .await
+        .unwrap();
+    assert_eq!(added.len(), 1, "bob was already in");
+    assert_eq!((added[0].user.as_str(), added[0].joined_seq), ("carol", 1));
+    let carol = store.membership("g", "carol").await.unwrap().unwrap();
+    assert_eq!((carol.owner, carol.joined_seq), (false, 1));
+    assert!(store.membership("g", "alice").await.unwrap().unwrap().owner);
+    assert!(matches!(
+        store.add_members("nope", &names(&["x"])).await,
+        Err(StoreError::NoSuchGroup(_))
+    ));
+
+    let first = store.members("g", "", 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    let rest = store.members("g", "bob", 2).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|m| m.user.as_str()).collect::<Vec<_>>(),
+        ["carol"]
+    );
+
+    assert_eq!(
+        store
+            .remove_members("g", &names(&["bob", "zed"]))
+            .await
+            .unwrap(),
+        ["bob"]
+    );
+    assert!(store.membership("g", "bob").await.unwrap().is_none());
+    assert!(store.groups_of("bob").await.unwrap().is_empty());
+    let carols = store.groups_of("carol").await.unwrap();
+    assert_eq!((carols[0].group.as_str(), carols[0].joined_seq), ("g", 1));
+}
+
+async fn the_log(store: &dyn Store) {
+    store.create_group("log", "alice", &[], 0).await.unwrap();
+    for i in 1..=5 {
+        let appended = store
+            .append(message("log", "alice", &format!("id{i}"), &format!("m{i}")))
+            .await
+            .unwrap();
+        assert_eq!((appended.seq, appended.duplicate), (i, false));
+    }
+    let again = store
+        .append(message("log", "alice", "id3", "m3 retried"))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (3, true));
+    let other_sender = store
+        .append(message("log", "bob", "id3", "bob's own id3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (other_sender.seq, other_sender.duplicate),
+        (6, false),
+        "ids are per sender"
+    );
+    assert!(matches!(
+        store.append(message("nope", "a", "x", "y")).await,
+        Err(StoreError::NoSuchGroup(_))
+    ));
+
+    let seqs = |page: &[chat_gateway::store::StoredMessage]| {
+        page.iter().map(|m| m.seq).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seqs(
+            &store
+                .messages("log", ALL, PageFrom::Oldest, 2)
+                .await
+                .unwrap()
+        ),
+        [1, 2]
+    );
+    assert_eq!(
+        seqs(
+            &store
+                .messages("log", ALL, PageFrom::Newest, 2)
+                .await
+                .unwrap()
+        ),
+        [5, 6]
+    );
+    let window = SeqRange {
+        after: 2,
+        before: 5,
+    };
+    assert_eq!(
+        seqs(
+            &store
+                .messages("log", window, PageFrom::Oldest, 10)
+                .await
+                .unwrap()
+        ),
+        [3, 4]
+    );
+    assert!(
+        store
+            .messages(
+                "log",
+                SeqRange {
+                    after: 6,
+                    before: u64::MAX
+                },
+                PageFrom::Oldest,
+                10
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let third = &store
+        .messages(
+            "log",
+            SeqRange {
+                after: 2,
+                before: 4,
+            },
+            PageFrom::Oldest,
+            1,
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (third.sender.as_str(), &third.body[..]),
+        ("alice", &b"m3"[..]),
+        "the retry stored nothing"
+    );
+
+    let info = store.group("log").await.unwrap().unwrap();
+    assert_eq!(info.head_seq, 6);
+    let conversations = store.conversations("alice").await.unwrap();
+    assert_eq!(
+        conversations
+            .iter()
+            .find(|(m, _)| m.group == "log")
+            .unwrap()
+            .1
+            .head_seq,
+        6
+    );
+}
+
+async fn private_messages_and_cursors(store: &dyn Store) {
+    store
+        .create_group("p", "alice", &names(&["bob", "carol"]), 0)
+        .await
+        .unwrap();
+    let mut private = message("p", "alice", "secret", "for bob");
+    private.visible_to = Some(names(&["bob"]));
+    store.append(private).await.unwrap();
+    store
+        .append(message("p", "alice", "open", "for all"))
+        .await
+        .unwrap();
+    let page = store
+        .messages("p", ALL, PageFrom::Oldest, 10)
+        .await
+        .unwrap();
+    assert_eq!(page[0].visible_to.as_deref(), Some(&names(&["bob"])[..]));
+    assert!(
+        page[0].visible_to("bob") && page[0].visible_to("alice") && !page[0].visible_to("carol")
+    );
+    assert_eq!(page[1].visible_to, None);
+
+    store
+        .advance_cursors("bob", "phone", &[("p".into(), 2)])
+        .await
+        .unwrap();
+    store
+        .advance_cursors("bob", "phone", &[("p".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cursors("bob", "phone").await.unwrap(),
+        [("p".to_string(), 2)],
+        "never backwards"
+    );
+    assert!(
+        store.cursors("bob", "laptop").await.unwrap().is_empty(),
+        "per device"
+    );
+
+    store.plugin_set("one", "k", b"v1").await.unwrap();
+    store.plugin_set("two", "k", b"v2").await.unwrap();
+    assert_eq!(
+        store.plugin_get("one", "k").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    store.plugin_delete("one", "k").await.unwrap();
+    assert!(store.plugin_get("one", "k").await.unwrap().is_none());
+    assert_eq!(
+        store.plugin_get("two", "k").await.unwrap().as_deref(),
+        Some(&b"v2"[..]),
+        "namespaced"
+    );
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    groups_and_members(store.as_ref()).await;
+    the_log(store.as_ref()).await;
+    private_messages_and_cursors(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+}
+
+#[tokio::test]
+async fn the_redis_store_keeps_the_store_contract() {
+    let redis = RedisServer::start().await;
+    suite(Arc::new(RedisStore::connect(&redis.url).await.unwrap())).await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_on_redis_get_gapless_seqs() {
+    let redis = RedisServer::start().await;
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url).await.unwrap());
+    store.create_group("busy", "alice", &[], 0).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..25 {
+                    seqs.push(
+                        store
+                            .append(message("busy", "alice", &format!("t{task}-{i}"), "x"))
+                            .await
+                            .unwrap()
+                            .seq,
+                    );
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_gateway_on_redis_serves_and_keeps_its_data_across_a_restart() {
+    let redis = RedisServer::start().await;
+    let url = redis.url.clone();
+    let mut gw = chat_tests::TestGateway::start_with(|c| c.redis = Some(url)).await;
+    let alice = gw.connect("alice").await;
+    let bob = gw.connect("bob").await;
+    alice
+        .create_group("g", &chat_tests::users(&["bob"]))
+        .await
+        .unwrap();
+    alice.send("g", "over redis").await.unwrap();
+    assert_eq!(
+        chat_tests::texts(&chat_tests::receive(&bob, 1).await),
+        ["over redis"]
+    );
+    bob.close().await;
+
+    gw.restart().await;
+    let alice = gw.connect("alice").await;
+    assert_eq!(alice.send("g", "after restart").await.unwrap().seq, 2);
+    let bob = gw.connect("bob").await;
+    let got = chat_tests::receive(&bob, 1).await;
+    assert_eq!(
+        (got[0].seq, chat_tests::texts(&got)[0].as_str()),
+        (2, "after restart")
+    );
+}

@@ -63,6 +63,8 @@ pub enum Control {
     Ack(Vec<AckRange>),
     /// The client finished its control stream: apply what came before, then stop.
     Finish,
+    /// Live events may have been missed: catch every group up from the log.
+    Resync,
 }
 
 /// What the node keeps of a local connection.
@@ -302,6 +304,12 @@ impl Node {
                     .await
             }
             Event::Left { group, user } => self.membership_changed(&user, &group, None).await,
+            Event::Resync => {
+                let local = self.local.read().expect("local map lock");
+                for (_, handle, _) in local.conns.values() {
+                    let _ = handle.control.send(Control::Resync);
+                }
+            }
         }
     }
 

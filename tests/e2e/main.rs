@@ -9,4 +9,5 @@ mod groups;
 mod history;
 mod messaging;
 mod plugins;
+mod scale_out;
 mod store;

@@ -3,9 +3,12 @@
 //! while it holds a local connection that cares, so no table of who is online where
 //! exists anywhere. [`LocalBus`] serves a single node.
 
+mod codec;
 mod local;
+mod redis;
 
 pub use local::LocalBus;
+pub use redis::RedisBus;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,6 +43,8 @@ pub enum Event {
     },
     /// `user` left or was removed from `group`.
     Left { group: String, user: String },
+    /// The bus lost events (a reconnect): every local connection catches up from the log.
+    Resync,
 }
 
 /// Who may see a private message, and what everybody else receives instead.

@@ -14,7 +14,7 @@ use quinn::{Endpoint, ServerConfig, VarInt};
 use tokio::task::JoinSet;
 
 use crate::auth::TokenAuthority;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, BusError, LocalBus, RedisBus};
 use crate::config::Config;
 use crate::node::Node;
 use crate::plugins::{PluginError, PluginSpec, Plugins};
@@ -42,6 +42,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("plugins: {0}")]
     Plugins(#[from] PluginError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
 }
 
 /// What every connection task shares.
@@ -73,7 +75,10 @@ impl Gateway {
             Some(url) => Arc::new(RedisStore::connect(url).await?),
             None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
         };
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+        let bus: Arc<dyn Bus> = match &config.redis {
+            Some(url) => Arc::new(RedisBus::connect(url).await?),
+            None => Arc::new(LocalBus::new()),
+        };
         let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
         let default_ack = (
             config.delivery.ack_policy(),

@@ -124,6 +124,7 @@ impl<'a> Pusher<'a> {
             Control::Joined { group, joined_seq } => self.delivery.join(&group, joined_seq),
             Control::Left { group } => self.delivery.leave(&group),
             Control::Finish => {}
+            Control::Resync => self.delivery.resync_all(),
             Control::Ack(ranges) => {
                 let advanced = self.delivery.ack(&ranges);
                 if !advanced.is_empty()

@@ -215,6 +215,27 @@ impl RedisStore {
     fn con(&self) -> ConnectionManager {
         self.redis.clone()
     }
+
+    /// Runs ADD or REMOVE on a group's meta, members and roster with `users` as arguments.
+    async fn change_roster(
+        &self,
+        script: &Script,
+        group: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "members"))
+            .key(group_key(group, "roster"));
+        for u in users {
+            invocation.arg(u);
+        }
+        match invocation.invoke_async(&mut self.con()).await? {
+            redis::Value::Int(-1) => Err(StoreError::NoSuchGroup(group.to_owned())),
+            other => Ok(redis::from_redis_value(other)?),
+        }
+    }
 }
 
 #[async_trait]
@@ -272,20 +293,7 @@ impl Store for RedisStore {
         group: &str,
         users: &[String],
     ) -> Result<Vec<Membership>, StoreError> {
-        let mut con = self.con();
-        let mut script = ADD.prepare_invoke();
-        script
-            .key(group_key(group, "meta"))
-            .key(group_key(group, "members"))
-            .key(group_key(group, "roster"));
-        for u in users {
-            script.arg(u);
-        }
-        let reply: redis::Value = script.invoke_async(&mut con).await?;
-        let values: Vec<String> = match reply {
-            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(group.to_owned())),
-            other => redis::from_redis_value(other)?,
-        };
+        let values = self.change_roster(&ADD, group, users).await?;
         let head: u64 = values.first().and_then(|h| h.parse().ok()).unwrap_or(0);
         let added: Vec<Membership> = values[1..]
             .iter()
@@ -302,7 +310,7 @@ impl Store for RedisStore {
                 pipe.hset(user_key(&m.user, "groups"), group, role_value(false, head))
                     .ignore();
             }
-            pipe.query_async::<()>(&mut con).await?;
+            pipe.query_async::<()>(&mut self.con()).await?;
         }
         Ok(added)
     }
@@ -312,26 +320,13 @@ impl Store for RedisStore {
         group: &str,
         users: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let mut con = self.con();
-        let mut script = REMOVE.prepare_invoke();
-        script
-            .key(group_key(group, "meta"))
-            .key(group_key(group, "members"))
-            .key(group_key(group, "roster"));
-        for u in users {
-            script.arg(u);
-        }
-        let reply: redis::Value = script.invoke_async(&mut con).await?;
-        let removed: Vec<String> = match reply {
-            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(group.to_owned())),
-            other => redis::from_redis_value(other)?,
-        };
+        let removed = self.change_roster(&REMOVE, group, users).await?;
         if !removed.is_empty() {
             let mut pipe = redis::pipe();
             for u in &removed {
                 pipe.hdel(user_key(u, "groups"), group).ignore();
             }
-            pipe.query_async::<()>(&mut con).await?;
+            pipe.query_async::<()>(&mut self.con()).await?;
         }
         Ok(removed)
     }

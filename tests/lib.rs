@@ -9,6 +9,9 @@ use chat_client::{Client, ClientError, ConnectOptions, Message};
 use chat_gateway::plugins::PluginSpec;
 use chat_gateway::{Config, Gateway};
 
+mod redis_servers;
+pub use redis_servers::{RedisCluster, RedisServer};
+
 /// The secret every test gateway signs tokens with, so a restarted gateway accepts old tokens.
 pub const SECRET: &str = "test-secret-not-for-production";
 
@@ -82,6 +85,15 @@ impl TestGateway {
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    /// This gateway's certificate and key, for other gateways of the same deployment
+    /// (so a client trusting one trusts them all).
+    pub fn tls(&self) -> chat_gateway::config::TlsConfig {
+        chat_gateway::config::TlsConfig {
+            cert: Some(self.cert.clone()),
+            key: Some(self.cert.with_file_name("key.pem")),
+        }
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -247,53 +259,84 @@ pub fn bundled_spec(name: &str, config: &str) -> PluginSpec {
     spec
 }
 
-/// A `redis-server` of the test's own, on a free loopback port, stopped when dropped.
-/// (Never the machine's shared instance on 6379.)
-pub struct RedisServer {
-    child: std::process::Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
+/// A built binary of this workspace (the test command builds them before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
 }
 
-impl RedisServer {
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A `chat-gateway serve --config FILE` process, for tests that kill it; killed when dropped.
+pub struct GatewayProcess {
+    child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `config` (TOML, without `listen` and `data_dir`) and the
+    /// test secret, and waits until it accepts connections.
+    pub async fn start(config: &str, cert: &Path) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let file = data.path().join("gateway.toml");
+        let config = format!(
+            "listen = \"{addr}\"\ndata_dir = {:?}\n{config}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+            data.path()
+        );
+        std::fs::write(&file, config).unwrap();
+        let child = std::process::Command::new(binary("chat-gateway"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install redis-server`"));
-        let url = format!("redis://127.0.0.1:{port}");
-        let server = Self {
-            child,
-            url,
-            _dir: dir,
+            .expect("chat-gateway starts");
+        let process = Self {
+            child: Some(child),
+            addr,
+            _data: data,
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let token = chat_gateway::auth::TokenAuthority::new(SECRET.as_bytes())
+            .mint("probe", 60)
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while Client::connect(ConnectOptions::new(addr, cert, token.clone()))
             .await
             .is_err()
         {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "redis-server did not come up"
+                "chat-gateway did not come up"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        server
+        process
+    }
+
+    /// SIGKILL: no drain, no goodbye to clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -1,19 +1,20 @@
 //! The [`Client`]: connection set-up, the handshake, and one method per request.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chat_protocol::{
-    AckPolicy, Conversation, Frame, FrameDecoder, HistoryPage, MemberInfo, Message,
+    AckPolicy, Conversation, ErrorCode, Frame, FrameDecoder, HistoryPage, MemberInfo, Message,
     PROTOCOL_VERSION,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt, WriteError};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::acks::AckBatcher;
+use crate::dedup::Dedup;
 use crate::session::{self, FINISH_TIMEOUT, Shared, WriteCmd};
 use crate::{ClientError, ConnectOptions, Sent};
 
@@ -24,29 +25,52 @@ const MEMBERS_PAGE: u16 = 1000;
 /// Pushes read ahead of the application; beyond this, QUIC flow control slows the gateway.
 const INBOX_CAPACITY: usize = 1024;
 const WRITE_QUEUE: usize = 256;
+/// First and longest pause between reconnect attempts (jittered).
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First and longest pause before a send refused as `unavailable` is tried again.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A connection to the gateway. Requests take `&self` and may run concurrently;
 /// clones share the connection, which is closed (without flushing acks) when the
 /// last clone is dropped — call [`Client::close`] to flush them.
+///
+/// With [`ConnectOptions::reconnect`], a lost connection is replaced in the background
+/// (jittered backoff, `server` then each of `failover` in turn): the gateway catches the
+/// device up from its acknowledged cursor, and pushes already surfaced are not surfaced
+/// again. Sends retry a transient failure with the same message id until
+/// [`ConnectOptions::send_retry`] runs out, so a retried send is stored once.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    conn: Connection,
-    endpoint: Endpoint,
+    opts: ConnectOptions,
     user: String,
     ack: AckPolicy,
     catch_up_ack: AckPolicy,
-    shared: Arc<Shared>,
-    writer: mpsc::Sender<WriteCmd>,
+    /// The current connection; replaced when it is lost and `reconnect` is on.
+    link: RwLock<Arc<Link>>,
+    /// Bumped each time `link` is replaced.
+    relinked: watch::Sender<u64>,
+    /// What was surfaced to the application, across connections.
+    dedup: Arc<StdMutex<Dedup>>,
     inbox: Mutex<mpsc::Receiver<Message>>,
     next_id: AtomicU32,
     closing: AtomicBool,
 }
 
-impl Drop for Inner {
+/// One QUIC connection and the tasks serving it.
+struct Link {
+    conn: Connection,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriteCmd>,
+}
+
+impl Drop for Link {
     fn drop(&mut self) {
         self.conn.close(VarInt::from_u32(0), b"client dropped");
     }
@@ -62,79 +86,46 @@ struct Welcome {
 
 impl Client {
     /// Connects, authenticates with the token, and returns once the gateway said `Welcome`.
+    /// With `reconnect` on, each of `failover` is tried in turn if `server` cannot be reached.
     pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
-        let config = crate::tls::quic_client_config(&opts.ca_pem)?;
-        let bind: SocketAddr = match opts.server {
-            SocketAddr::V4(a) if a.ip().is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let endpoint = Endpoint::client(bind)
-            .map_err(|e| ClientError::Connect(format!("binding UDP socket {bind}: {e}")))?;
-        let connecting = endpoint
-            .connect_with(config, opts.server, &opts.server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-
-        let setup = async {
-            let conn = connecting
-                .await
-                .map_err(|e| ClientError::from_handshake(&e))?;
-            match handshake(&conn, &opts).await {
-                Ok((send, recv, decoder, welcome)) => Ok((conn, send, recv, decoder, welcome)),
-                Err(e) => {
-                    conn.close(VarInt::from_u32(0), b"handshake failed");
-                    Err(e)
-                }
-            }
-        };
-        let (conn, send, recv, decoder, welcome) =
-            match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(ClientError::Connect(format!(
-                        "no answer from {} within {CONNECT_TIMEOUT:?}",
-                        opts.server
-                    )));
-                }
-            };
-
-        let max_frame_len = match welcome.max_frame_len as usize {
-            0 => chat_protocol::MAX_FRAME_LEN,
-            n => n.min(chat_protocol::MAX_FRAME_LEN),
-        };
-        let shared = Arc::new(Shared::new(
-            AckBatcher::new(welcome.ack, welcome.catch_up_ack),
-            max_frame_len,
-        ));
-        let (writer, write_queue) = mpsc::channel(WRITE_QUEUE);
+        let dedup = Arc::new(StdMutex::new(Dedup::default()));
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
-        tokio::spawn(session::writer(shared.clone(), send, write_queue));
-        tokio::spawn(session::control_reader(
-            shared.clone(),
-            conn.clone(),
-            recv,
-            decoder,
-        ));
-        tokio::spawn(session::push_reader(shared.clone(), conn.clone(), inbox_tx));
-        tokio::spawn(session::ack_flusher(
-            shared.clone(),
-            writer.clone(),
-            conn.clone(),
-        ));
-        Ok(Client {
-            inner: Arc::new(Inner {
-                conn,
-                endpoint,
-                user: welcome.user,
-                ack: welcome.ack,
-                catch_up_ack: welcome.catch_up_ack,
-                shared,
-                writer,
-                inbox: Mutex::new(inbox),
-                next_id: AtomicU32::new(1),
-                closing: AtomicBool::new(false),
-            }),
-        })
+        let servers = if opts.reconnect {
+            opts.servers()
+        } else {
+            vec![opts.server]
+        };
+        let mut failure = None;
+        let mut connected = None;
+        for server in servers {
+            match open_link(&opts, server, dedup.clone(), inbox_tx.clone()).await {
+                Ok(link) => {
+                    connected = Some(link);
+                    break;
+                }
+                Err(e) if e.is_transient() => failure = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((link, welcome)) = connected else {
+            return Err(failure.unwrap_or(ClientError::Closed));
+        };
+        let inner = Arc::new(Inner {
+            user: welcome.user,
+            ack: welcome.ack,
+            catch_up_ack: welcome.catch_up_ack,
+            link: RwLock::new(Arc::new(link)),
+            relinked: watch::Sender::new(0),
+            dedup,
+            inbox: Mutex::new(inbox),
+            next_id: AtomicU32::new(1),
+            closing: AtomicBool::new(false),
+            opts,
+        });
+        if inner.opts.reconnect {
+            tokio::spawn(reconnect_forever(Arc::downgrade(&inner), inbox_tx));
+        }
+        Ok(Client { inner })
     }
 
     /// The user id the gateway authenticated from the token.
@@ -329,7 +320,7 @@ impl Client {
         let mut inbox = self.inner.inbox.lock().await;
         loop {
             let message = inbox.recv().await?;
-            if self.inner.shared.take_push(&message) {
+            if self.inner.link().shared.take_push(&message) {
                 return Some(message);
             }
         }
@@ -345,12 +336,7 @@ impl Client {
 
     /// Why the connection ended, if it has.
     pub fn close_reason(&self) -> Option<ClientError> {
-        self.inner.shared.close_reason().or_else(|| {
-            self.inner
-                .conn
-                .close_reason()
-                .map(|e| ClientError::from_connection(&e))
-        })
+        self.inner.link().close_reason()
     }
 
     /// Sends pending acks, waits (briefly) until the gateway has them, then closes with code 0.
@@ -359,26 +345,34 @@ impl Client {
         if inner.closing.swap(true, Ordering::SeqCst) {
             return;
         }
+        let link = inner.link();
         // First, so that our own close is the reason, not the gateway's reaction to it.
-        inner.shared.fail_all(ClientError::Closed);
-        session::flush_acks(&inner.shared, &inner.writer).await;
+        link.shared.fail_all(ClientError::Closed);
+        session::flush_acks(&link.shared, &link.writer).await;
         let (done, finished) = oneshot::channel();
-        if inner.writer.send(WriteCmd::Finish(done)).await.is_ok() {
+        if link.writer.send(WriteCmd::Finish(done)).await.is_ok() {
             let _ = tokio::time::timeout(FINISH_TIMEOUT, finished).await;
             // The gateway closes once it has applied everything sent before the finish.
-            let _ = tokio::time::timeout(FINISH_TIMEOUT, inner.conn.closed()).await;
+            let _ = tokio::time::timeout(FINISH_TIMEOUT, link.conn.closed()).await;
         }
-        inner.conn.close(VarInt::from_u32(0), b"bye");
+        link.conn.close(VarInt::from_u32(0), b"bye");
         // Lets the endpoint actually send the CONNECTION_CLOSE before a CLI exits.
-        let _ = tokio::time::timeout(Duration::from_secs(1), inner.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), link.endpoint.wait_idle()).await;
     }
 
-    /// Raw access, for tests that need to misbehave.
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.inner.conn
+    /// The current QUIC connection: raw access, for tests that need to misbehave.
+    pub fn connection(&self) -> quinn::Connection {
+        self.inner.link().conn.clone()
+    }
+
+    /// How many times the connection was replaced after a loss.
+    pub fn reconnects(&self) -> u64 {
+        *self.inner.relinked.borrow()
     }
 
     /// What every public send function does: one `Send` request, `to` empty for the whole group.
+    /// Retries a transient failure with the same `msg_id` (so the message is stored once)
+    /// until `send_retry` runs out.
     async fn send_message(
         &self,
         group: &str,
@@ -386,16 +380,48 @@ impl Client {
         to: &[String],
         body: Bytes,
     ) -> Result<Sent, ClientError> {
-        let response = self
-            .request(|id| Frame::Send {
-                id,
-                group: group.into(),
-                msg_id: msg_id.into(),
-                body,
-                to: to.to_vec(),
-            })
-            .await?;
-        expect_sent(response)
+        let deadline = tokio::time::Instant::now() + self.inner.opts.send_retry;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        loop {
+            let mut relinked = self.inner.relinked.subscribe();
+            let result = self
+                .request(|id| Frame::Send {
+                    id,
+                    group: group.into(),
+                    msg_id: msg_id.into(),
+                    body: body.clone(),
+                    to: to.to_vec(),
+                })
+                .await
+                .and_then(expect_sent);
+            let error = match result {
+                Err(e) if self.may_retry(&e) => e,
+                other => return other,
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, msg_id, "send failed; retrying with the same id");
+            if error.code().is_none() {
+                // The connection is gone: wait for its replacement.
+                let _ = tokio::time::timeout_at(deadline, relinked.changed()).await;
+            } else {
+                tokio::time::sleep(jittered(backoff).min(deadline - now)).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Whether a failed send may succeed if sent again: the store or gateway was briefly
+    /// away, or the connection was lost and is being replaced.
+    fn may_retry(&self, error: &ClientError) -> bool {
+        match error {
+            ClientError::Server { code, .. } => {
+                *code == ErrorCode::UNAVAILABLE || *code == ErrorCode::SHUTTING_DOWN
+            }
+            _ => self.inner.opts.reconnect && error.is_transient(),
+        }
     }
 
     fn next_id(&self) -> u32 {
@@ -410,36 +436,173 @@ impl Client {
 
     /// Sends a request and waits for the response carrying its id; `Error` becomes `Server`.
     async fn request(&self, make: impl FnOnce(u32) -> Frame) -> Result<Frame, ClientError> {
+        let link = self.inner.link();
         let id = self.next_id();
         let (reply, response) = oneshot::channel();
-        self.inner.shared.register(id, reply)?;
+        link.shared.register(id, reply)?;
         // Forget the waiter if this future is dropped before the response arrives.
         let _guard = Unregister {
-            shared: &self.inner.shared,
+            shared: &link.shared,
             id,
         };
         let bytes = make(id).encode();
-        if self
-            .inner
-            .writer
-            .send(WriteCmd::Frame(bytes))
-            .await
-            .is_err()
-        {
-            return Err(self.gone());
+        let gone = || link.close_reason().unwrap_or(ClientError::Closed);
+        if link.writer.send(WriteCmd::Frame(bytes)).await.is_err() {
+            return Err(gone());
         }
         match response.await {
             Ok(Ok(Frame::Error { code, message, .. })) => {
                 Err(ClientError::Server { code, message })
             }
             Ok(result) => result,
-            Err(_) => Err(self.gone()),
+            Err(_) => Err(gone()),
         }
     }
+}
 
-    fn gone(&self) -> ClientError {
-        self.close_reason().unwrap_or(ClientError::Closed)
+impl Inner {
+    fn link(&self) -> Arc<Link> {
+        self.link
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
+}
+
+impl Link {
+    fn close_reason(&self) -> Option<ClientError> {
+        self.shared.close_reason().or_else(|| {
+            self.conn
+                .close_reason()
+                .map(|e| ClientError::from_connection(&e))
+        })
+    }
+}
+
+/// Connects to `server`: QUIC, `Hello`/`Welcome`, then the tasks serving the connection.
+/// Pushes go to `inbox`, deduplicated against everything surfaced before.
+async fn open_link(
+    opts: &ConnectOptions,
+    server: SocketAddr,
+    dedup: Arc<StdMutex<Dedup>>,
+    inbox: mpsc::Sender<Message>,
+) -> Result<(Link, Welcome), ClientError> {
+    let config = crate::tls::client_config(&opts.ca_pem, opts.idle_timeout)?;
+    let bind: SocketAddr = match server {
+        SocketAddr::V4(a) if a.ip().is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = Endpoint::client(bind)
+        .map_err(|e| ClientError::Connect(format!("binding UDP socket {bind}: {e}")))?;
+    let connecting = endpoint
+        .connect_with(config, server, &opts.server_name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+
+    let setup = async {
+        let conn = connecting
+            .await
+            .map_err(|e| ClientError::from_handshake(&e))?;
+        match handshake(&conn, opts).await {
+            Ok((send, recv, decoder, welcome)) => Ok((conn, send, recv, decoder, welcome)),
+            Err(e) => {
+                conn.close(VarInt::from_u32(0), b"handshake failed");
+                Err(e)
+            }
+        }
+    };
+    let (conn, send, recv, decoder, welcome) =
+        match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ClientError::Connect(format!(
+                    "no answer from {server} within {CONNECT_TIMEOUT:?}"
+                )));
+            }
+        };
+
+    let max_frame_len = match welcome.max_frame_len as usize {
+        0 => chat_protocol::MAX_FRAME_LEN,
+        n => n.min(chat_protocol::MAX_FRAME_LEN),
+    };
+    let shared = Arc::new(Shared::new(
+        AckBatcher::new(welcome.ack, welcome.catch_up_ack),
+        dedup,
+        max_frame_len,
+    ));
+    let (writer, write_queue) = mpsc::channel(WRITE_QUEUE);
+    tokio::spawn(session::writer(shared.clone(), send, write_queue));
+    tokio::spawn(session::control_reader(
+        shared.clone(),
+        conn.clone(),
+        recv,
+        decoder,
+    ));
+    tokio::spawn(session::push_reader(shared.clone(), conn.clone(), inbox));
+    tokio::spawn(session::ack_flusher(
+        shared.clone(),
+        writer.clone(),
+        conn.clone(),
+    ));
+    let link = Link {
+        conn,
+        endpoint,
+        shared,
+        writer,
+    };
+    Ok((link, welcome))
+}
+
+/// Replaces the client's connection whenever it is lost, until the client closes, is
+/// dropped, or the gateway refuses it for good (a bad token, say).
+async fn reconnect_forever(inner: Weak<Inner>, inbox: mpsc::Sender<Message>) {
+    let mut next_server = 1;
+    loop {
+        let Some(conn) = inner.upgrade().map(|i| i.link().conn.clone()) else {
+            return;
+        };
+        let lost = ClientError::from_connection(&conn.closed().await);
+        match inner.upgrade() {
+            Some(i) if !i.closing.load(Ordering::SeqCst) && lost.is_transient() => {}
+            _ => return,
+        }
+        tracing::info!(reason = %lost, "connection lost; reconnecting");
+        let mut backoff = RECONNECT_BACKOFF_MIN;
+        loop {
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            let Some(i) = inner.upgrade() else { return };
+            if i.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let servers = i.opts.servers();
+            let server = servers[next_server % servers.len()];
+            next_server += 1;
+            match open_link(&i.opts, server, i.dedup.clone(), inbox.clone()).await {
+                Ok((link, _)) => {
+                    tracing::info!(%server, "reconnected");
+                    *i.link.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(link);
+                    i.relinked.send_modify(|n| *n += 1);
+                    // Stay on this server next time, unless it goes away too.
+                    next_server -= 1;
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(%server, error = %e, "reconnect attempt failed");
+                }
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "gateway refused the reconnect; giving up");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5), so clients that lost the same gateway
+/// do not come back in lockstep.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
 }
 
 struct Unregister<'a> {

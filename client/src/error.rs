@@ -35,6 +35,19 @@ impl ClientError {
         }
     }
 
+    /// Whether the connection failed for a reason that may pass: a lost or unreachable
+    /// gateway, or a refusal whose code is retryable (`shutting_down`, ...). A bad token
+    /// or a protocol mismatch is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Closed | ClientError::Connect(_) | ClientError::Io(_) => true,
+            ClientError::Refused { code, .. } | ClientError::Server { code, .. } => {
+                code.is_retryable()
+            }
+            ClientError::Protocol(_) => false,
+        }
+    }
+
     /// The error a lost connection means after the handshake: a peer application
     /// close carries the gateway's code and reason; code 0 (a normal close) and
     /// anything else is just `Closed`.

@@ -19,6 +19,7 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use chat_protocol::{
     AckPolicy, Conversation, ErrorCode, HistoryPage, MemberInfo, Message, Role,
@@ -38,6 +39,19 @@ pub struct ConnectOptions {
     /// Bearer token; may be empty, so the gateway reports `missing_token` itself.
     pub token: String,
     pub device: String,
+    /// Replace a lost connection in the background (see [`Client`]). Off by default.
+    pub reconnect: bool,
+    /// Other gateways of the same deployment, tried in turn after `server` when
+    /// (re)connecting with `reconnect` on.
+    pub failover: Vec<SocketAddr>,
+    /// How long a send keeps retrying a transient failure (`unavailable`,
+    /// `shutting_down`, or with `reconnect` a lost connection) with the same message id.
+    /// Zero: no retry.
+    pub send_retry: Duration,
+    /// A gateway silent this long counts as gone (QUIC idle timeout; keep-alives are
+    /// sent every third of it). Shorter finds a dead gateway sooner, at the cost of
+    /// more keep-alive packets. The gateway's own limit applies if lower.
+    pub idle_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -49,9 +63,26 @@ impl ConnectOptions {
             ca_pem: ca_pem.into(),
             token: token.into(),
             device: "default".into(),
+            reconnect: false,
+            failover: Vec::new(),
+            send_retry: DEFAULT_SEND_RETRY,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
+
+    /// `server`, then the `failover` gateways.
+    pub(crate) fn servers(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.server)
+            .chain(self.failover.iter().copied())
+            .collect()
+    }
 }
+
+/// How long sends retry transient failures unless [`ConnectOptions::send_retry`] says otherwise.
+pub const DEFAULT_SEND_RETRY: Duration = Duration::from_secs(10);
+
+/// [`ConnectOptions::idle_timeout`] unless set otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 // By hand, so logging the options never leaks the token.
 impl std::fmt::Debug for ConnectOptions {
@@ -62,6 +93,10 @@ impl std::fmt::Debug for ConnectOptions {
             .field("ca_pem", &self.ca_pem)
             .field("token", &"<redacted>")
             .field("device", &self.device)
+            .field("reconnect", &self.reconnect)
+            .field("failover", &self.failover)
+            .field("send_retry", &self.send_retry)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }

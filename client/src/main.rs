@@ -174,11 +174,9 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = resolve(&cli.server).await?;
     let opts = ConnectOptions {
-        server,
         server_name: cli.server_name,
-        ca_pem: cli.ca,
-        token: cli.token,
         device: cli.device,
+        ..ConnectOptions::new(server, cli.ca, cli.token)
     };
     let client = Client::connect(opts).await?;
     let out = Output { json: cli.json };

@@ -4,7 +4,7 @@
 //! push-stream reader and the ack flusher.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,17 +46,18 @@ struct Pending {
 
 pub(crate) struct Shared {
     pending: Mutex<Pending>,
-    dedup: Mutex<Dedup>,
+    /// Shared with the connections before and after this one.
+    dedup: Arc<Mutex<Dedup>>,
     acks: Mutex<AckBatcher>,
     ack_wake: Notify,
     max_frame_len: usize,
 }
 
 impl Shared {
-    pub(crate) fn new(acks: AckBatcher, max_frame_len: usize) -> Self {
+    pub(crate) fn new(acks: AckBatcher, dedup: Arc<Mutex<Dedup>>, max_frame_len: usize) -> Self {
         Self {
             pending: Mutex::default(),
-            dedup: Mutex::default(),
+            dedup,
             acks: Mutex::new(acks),
             ack_wake: Notify::new(),
             max_frame_len,
@@ -433,7 +434,11 @@ mod tests {
 
     #[test]
     fn taken_pushes_are_acked_under_their_flag_policy() {
-        let shared = Shared::new(AckBatcher::new(policy(1), policy(3)), 1 << 16);
+        let shared = Shared::new(
+            AckBatcher::new(policy(1), policy(3)),
+            Arc::default(),
+            1 << 16,
+        );
         assert!(shared.take_push(&push(1, Message::FLAG_CATCH_UP)));
         assert!(shared.take_push(&push(2, Message::FLAG_CATCH_UP)));
         // Two catch-up pushes: below the catch-up batch of 3.
@@ -446,7 +451,11 @@ mod tests {
 
     #[test]
     fn hidden_placeholders_surface_once_and_are_acked() {
-        let shared = Shared::new(AckBatcher::new(policy(100), policy(100)), 1 << 16);
+        let shared = Shared::new(
+            AckBatcher::new(policy(100), policy(100)),
+            Arc::default(),
+            1 << 16,
+        );
         let placeholder = push(4, Message::FLAG_HIDDEN | Message::FLAG_CATCH_UP);
         assert!(!shared.drop_duplicate(&placeholder));
         assert!(shared.take_push(&placeholder));

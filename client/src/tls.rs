@@ -10,13 +10,20 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::ClientError;
 
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The quinn client config [`Client`](crate::Client) uses: trusts only the certificates
-/// in `ca_pem`, ALPN `chat/1`, keep-alives. Public for tests that speak raw QUIC.
+/// The quinn client config [`Client`](crate::Client) uses by default: trusts only the
+/// certificates in `ca_pem`, ALPN `chat/1`, keep-alives every 10 s, a gateway silent for
+/// [`DEFAULT_IDLE_TIMEOUT`](crate::DEFAULT_IDLE_TIMEOUT) counts as gone. Public for tests
+/// that speak raw QUIC.
 pub fn quic_client_config(ca_pem: impl AsRef<Path>) -> Result<quinn::ClientConfig, ClientError> {
-    let roots = load_roots(ca_pem.as_ref())?;
+    client_config(ca_pem.as_ref(), crate::DEFAULT_IDLE_TIMEOUT)
+}
+
+/// As [`quic_client_config`], with keep-alives every third of `idle_timeout`.
+pub(crate) fn client_config(
+    ca_pem: &Path,
+    idle_timeout: Duration,
+) -> Result<quinn::ClientConfig, ClientError> {
+    let roots = load_roots(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -29,10 +36,10 @@ pub fn quic_client_config(ca_pem: impl AsRef<Path>) -> Result<quinn::ClientConfi
 
     let mut transport = TransportConfig::default();
     transport
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a QUIC varint"),
-        ))
+        .keep_alive_interval(Some(idle_timeout / 3))
+        .max_idle_timeout(Some(IdleTimeout::try_from(idle_timeout).map_err(|_| {
+            ClientError::Connect(format!("idle timeout {idle_timeout:?} is too long"))
+        })?))
         // The gateway opens exactly one push stream; the client opens the control stream.
         .max_concurrent_uni_streams(VarInt::from_u32(1))
         .max_concurrent_bidi_streams(VarInt::from_u32(0));

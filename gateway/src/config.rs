@@ -9,6 +9,7 @@ use chat_protocol::AckPolicy;
 use serde::Deserialize;
 
 use crate::plugins::PluginSpec;
+use crate::redis_target::RedisTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +37,9 @@ pub struct Config {
     /// Keep groups, logs and cursors in this Redis (`redis://HOST:PORT`) instead of the
     /// embedded store. Unset: the embedded store in `data_dir`.
     pub redis: Option<String>,
+    /// Seed nodes of a Redis Cluster (`["redis://HOST:PORT", ...]`) to keep them in
+    /// instead; the rest of the cluster is found from them. Exclusive with `redis`.
+    pub redis_cluster: Vec<String>,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
@@ -94,6 +98,7 @@ impl Default for Config {
             listen: "127.0.0.1:4433".parse().expect("valid address"),
             data_dir: PathBuf::from("data"),
             redis: None,
+            redis_cluster: Vec::new(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -141,6 +146,17 @@ impl Config {
     /// The plugins to load: the configured chain, or the bundled defaults.
     pub fn plugin_specs(&self) -> Vec<PluginSpec> {
         self.plugins.clone().unwrap_or_else(PluginSpec::defaults)
+    }
+
+    /// The Redis deployment to share state through, if any (else the embedded store).
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        match &self.redis {
+            Some(url) => Some(RedisTarget::Server(url.clone())),
+            None if !self.redis_cluster.is_empty() => {
+                Some(RedisTarget::Cluster(self.redis_cluster.clone()))
+            }
+            None => None,
+        }
     }
 }
 
@@ -192,6 +208,11 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together".into(),
+            ));
+        }
+        if self.redis.is_some() && !self.redis_cluster.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis and redis_cluster exclude each other: give one".into(),
             ));
         }
         if self.transport.idle_timeout_s == 0 || self.transport.hello_timeout_s == 0 {

@@ -5,7 +5,8 @@
 //! - [`session`]: per-connection logic without sockets — request handling, delivery state.
 //! - [`node`]: this gateway's local map of connections ↔ users ↔ groups, and fan-out.
 //! - [`store`]: groups, members, group logs, cursors ([`store::EmbeddedStore`] by default).
-//! - [`bus`]: events between gateways ([`bus::LocalBus`] on a single node).
+//! - [`bus`]: events between gateways ([`bus::LocalBus`] on a single node, [`bus::RedisBus`]).
+//! - [`redis_target`]: reaching one Redis server or a Redis Cluster, for store and bus.
 //! - [`plugins`]: the sandboxed WebAssembly policy chain (wasmtime, `wit/`).
 //! - [`auth`], [`tls`], [`config`]: tokens, certificates, settings.
 
@@ -14,6 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod node;
 pub mod plugins;
+pub mod redis_target;
 pub mod server;
 pub mod session;
 pub mod store;

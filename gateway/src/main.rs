@@ -28,8 +28,11 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Keep data in this Redis (`redis://HOST:PORT`) instead of the embedded store.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "redis_cluster")]
         redis: Option<String>,
+        /// Keep data in this Redis Cluster instead: seed nodes, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+        redis_cluster: Vec<String>,
         #[command(flatten)]
         place: Place,
     },
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             redis,
+            redis_cluster,
             place,
         } => {
             let mut config = place.config()?;
@@ -95,6 +99,11 @@ fn main() -> anyhow::Result<()> {
             }
             if redis.is_some() {
                 config.redis = redis;
+                config.redis_cluster.clear();
+            }
+            if !redis_cluster.is_empty() {
+                config.redis_cluster = redis_cluster;
+                config.redis = None;
             }
             init_logging();
             tokio::runtime::Builder::new_multi_thread()

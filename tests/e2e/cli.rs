@@ -1,23 +1,12 @@
 //! The binaries as a user runs them: `chat-gateway serve`, `chat-gateway token`, `chat ...`.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use std::path::Path;
 
-/// A built binary of this workspace (the test command builds them before the tests).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
+use chat_tests::binary;
+use serde_json::Value;
 
 /// A `chat-gateway serve` process, killed when dropped.
 struct Served {

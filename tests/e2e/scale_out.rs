@@ -1,38 +1,103 @@
-//! Several gateways on one Redis: members spread across them, no central online state.
+//! Several gateways on one Redis (or a Redis Cluster): members spread across them, no
+//! central online state, and what happens when a gateway or Redis dies mid-traffic.
 
 use std::time::Duration;
 
+use chat_client::{Client, ConnectOptions, ErrorCode, HistoryPage, Sent};
+use chat_gateway::Config;
+use chat_gateway::redis_target::RedisTarget;
 use chat_tests::*;
 
-async fn gateways(redis: &RedisServer, n: usize) -> Vec<TestGateway> {
-    let mut gateways = Vec::new();
-    for _ in 0..n {
-        let url = redis.url.clone();
-        gateways.push(TestGateway::start_with(|c| c.redis = Some(url)).await);
+/// Points a gateway's config at `target`.
+fn on(target: &RedisTarget) -> impl FnOnce(&mut Config) + use<> {
+    let target = target.clone();
+    move |c| match target {
+        RedisTarget::Server(url) => c.redis = Some(url),
+        RedisTarget::Cluster(seeds) => c.redis_cluster = seeds,
+    }
+}
+
+/// `n` gateways sharing `target` and one certificate.
+async fn gateways(target: &RedisTarget, n: usize) -> Vec<TestGateway> {
+    let first = TestGateway::start_with(on(target)).await;
+    let tls = first.tls();
+    let mut gateways = vec![first];
+    for _ in 1..n {
+        let setup = on(target);
+        let tls = tls.clone();
+        gateways.push(
+            TestGateway::start_with(move |c| {
+                setup(c);
+                c.tls = tls;
+            })
+            .await,
+        );
     }
     gateways
 }
 
-/// Every key in the test's Redis.
-fn keys(redis: &RedisServer) -> Vec<String> {
-    let port = redis.url.rsplit(':').next().unwrap();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", port, "--raw", "KEYS", "*"])
-        .output()
-        .expect("redis-cli runs");
-    let mut keys: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    keys.sort();
-    keys
+/// Options for `user` on `gw` that reconnect, to `failover` if `gw` is gone.
+fn reconnecting(gw: &TestGateway, user: &str, failover: &[&TestGateway]) -> ConnectOptions {
+    ConnectOptions {
+        reconnect: true,
+        failover: failover.iter().map(|g| g.addr()).collect(),
+        // Notice a killed gateway within a second or two.
+        idle_timeout: Duration::from_millis(1500),
+        ..gw.options(user, "phone")
+    }
 }
 
-#[tokio::test]
-async fn members_on_three_gateways_each_receive_every_message_once_in_order() {
-    let redis = RedisServer::start().await;
-    let gws = gateways(&redis, 3).await;
+/// Sends `m0..m{n}` one after another with ids `id-{i}`, returning every acceptance.
+/// `midway` runs (in the background) once `n / 3` are acknowledged.
+async fn send_through(
+    sender: &Client,
+    n: usize,
+    midway: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Vec<Sent> {
+    let mut midway = Some(midway);
+    let mut accepted = Vec::new();
+    for i in 0..n {
+        if i == n / 3 {
+            tokio::spawn(midway.take().unwrap());
+        }
+        let sent = sender
+            .send_with_id("g", &format!("id-{i}"), format!("m{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} failed for good: {e}"));
+        accepted.push(sent);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    accepted
+}
+
+/// `client` surfaces exactly `m0..m{n}`, in order, each once, and then nothing.
+async fn assert_gets_each_once(client: &Client, n: usize) {
+    let got = receive(client, n).await;
+    let expected: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&got), expected, "{}", client.user());
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_quiet(client, Duration::from_millis(300)).await;
+}
+
+/// The group's log holds exactly the accepted messages, once each, gapless.
+async fn assert_log_holds(reader: &Client, accepted: &[Sent]) {
+    let mut seqs: Vec<u64> = accepted.iter().map(|s| s.seq).collect();
+    seqs.sort();
+    let n = accepted.len() as u64;
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "seqs are gapless and unique"
+    );
+    let log = reader
+        .history("g", HistoryPage::Before(u64::MAX), 500)
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..accepted.len()).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&log), expected, "the log holds each message once");
+}
+
+async fn spread_group_receives_everything_once_in_order(gws: &[TestGateway]) {
     let alice = gws[0].connect("alice").await;
     alice
         .create_group("g", &users(&["bob", "carol"]))
@@ -61,9 +126,40 @@ async fn members_on_three_gateways_each_receive_every_message_once_in_order() {
 }
 
 #[tokio::test]
+async fn members_on_three_gateways_each_receive_every_message_once_in_order() {
+    let redis = RedisServer::start().await;
+    let gws = gateways(&RedisTarget::Server(redis.url.clone()), 3).await;
+    spread_group_receives_everything_once_in_order(&gws).await;
+}
+
+#[tokio::test]
+async fn the_same_group_on_a_redis_cluster_uses_one_shard_channel() {
+    let cluster = RedisCluster::start().await;
+    let gws = gateways(&RedisTarget::Cluster(cluster.seeds()), 3).await;
+    spread_group_receives_everything_once_in_order(&gws).await;
+
+    // Sharded pub/sub: the group's channel exists on exactly one master, and no plain
+    // (cluster-wide broadcast) channel is used.
+    let holders: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|&port| {
+            cluster
+                .cli(port, &["PUBSUB", "SHARDCHANNELS"])
+                .lines()
+                .any(|c| c == "chat:{g:g}:events")
+        })
+        .collect();
+    assert_eq!(holders.len(), 1, "one shard carries the group's channel");
+    for port in cluster.ports() {
+        assert_eq!(cluster.cli(port, &["PUBSUB", "CHANNELS"]).trim(), "");
+    }
+}
+
+#[tokio::test]
 async fn a_membership_change_on_one_gateway_is_honoured_by_another_at_once() {
     let redis = RedisServer::start().await;
-    let gws = gateways(&redis, 3).await;
+    let gws = gateways(&RedisTarget::Server(redis.url.clone()), 3).await;
     let alice = gws[0].connect("alice").await;
     alice.create_group("g", &[]).await.unwrap();
     let dave = gws[2].connect("dave").await;
@@ -80,19 +176,140 @@ async fn a_membership_change_on_one_gateway_is_honoured_by_another_at_once() {
 #[tokio::test]
 async fn redis_holds_no_key_saying_who_is_online_where() {
     let redis = RedisServer::start().await;
-    let gws = gateways(&redis, 3).await;
+    let gws = gateways(&RedisTarget::Server(redis.url.clone()), 3).await;
     let owner = gws[0].connect("owner").await;
     owner
         .create_group("g", &users(&["u1", "u2", "u3"]))
         .await
         .unwrap();
     owner.close().await;
-    let before = keys(&redis);
+    let before = redis.keys();
 
     let mut clients = Vec::new();
     for (i, user) in ["u1", "u2", "u3"].iter().enumerate() {
         clients.push(gws[i].connect(user).await);
     }
     assert_eq!(gws.iter().map(|g| g.local_counts().0).sum::<usize>(), 3);
-    assert_eq!(keys(&redis), before, "connecting wrote nothing to Redis");
+    assert_eq!(redis.keys(), before, "connecting wrote nothing to Redis");
+}
+
+#[tokio::test]
+async fn killing_a_gateway_mid_traffic_loses_nothing_acknowledged() {
+    let redis = RedisServer::start().await;
+    let target = RedisTarget::Server(redis.url.clone());
+    let gws = gateways(&target, 2).await;
+    let tls = gws[0].tls();
+    let config = format!(
+        "redis = \"{}\"\nplugins = []\n[tls]\ncert = {:?}\nkey = {:?}",
+        redis.url,
+        tls.cert.unwrap(),
+        tls.key.unwrap()
+    );
+    let mut doomed = GatewayProcess::start(&config, gws[0].cert()).await;
+    // Alice and Bob start on the doomed gateway, each with another to fail over to.
+    let doomed_addr = doomed.addr;
+    let on_doomed = |user: &str, failover: &TestGateway| ConnectOptions {
+        server: doomed_addr,
+        ..reconnecting(failover, user, &[failover])
+    };
+    let alice = Client::connect(on_doomed("alice", &gws[0])).await.unwrap();
+    let bob = Client::connect(on_doomed("bob", &gws[1])).await.unwrap();
+    alice
+        .create_group("g", &users(&["bob", "carol"]))
+        .await
+        .unwrap();
+    let carol = gws[0].connect("carol").await;
+
+    let n = 60;
+    let (killed_tx, killed) = tokio::sync::oneshot::channel();
+    let kill = async move {
+        doomed.kill();
+        let _ = killed_tx.send(doomed);
+    };
+    let accepted = send_through(&alice, n, kill).await;
+    let _doomed = killed.await.unwrap();
+
+    assert!(alice.reconnects() >= 1 && bob.reconnects() >= 1);
+    assert_log_holds(&carol, &accepted).await;
+    for client in [&alice, &bob, &carol] {
+        assert_gets_each_once(client, n).await;
+    }
+}
+
+#[tokio::test]
+async fn restarting_redis_mid_traffic_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start_durable().await;
+    let gws = gateways(&RedisTarget::Server(redis.url.clone()), 2).await;
+    let alice = gws[0].connect("alice").await;
+    alice.create_group("g", &users(&["bob"])).await.unwrap();
+    let bob = gws[1].connect("bob").await;
+
+    let n = 60;
+    let (restarted_tx, restarted) = tokio::sync::oneshot::channel();
+    let restart = async move {
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.revive().await;
+        let _ = restarted_tx.send(redis);
+    };
+    let accepted = send_through(&alice, n, restart).await;
+    let _redis = restarted.await.unwrap();
+
+    assert_log_holds(&bob, &accepted).await;
+    assert_gets_each_once(&alice, n).await;
+    assert_gets_each_once(&bob, n).await;
+    // Live delivery resumed on both gateways.
+    alice.send("g", "after").await.unwrap();
+    assert_eq!(texts(&receive(&bob, 1).await), ["after"]);
+}
+
+#[tokio::test]
+async fn with_redis_down_sends_fail_fast_as_unavailable_and_connections_stay_up() {
+    let mut redis = RedisServer::start_durable().await;
+    let gws = gateways(&RedisTarget::Server(redis.url.clone()), 1).await;
+    let impatient = Client::connect(ConnectOptions {
+        send_retry: Duration::ZERO,
+        ..gws[0].options("alice", "phone")
+    })
+    .await
+    .unwrap();
+    impatient.create_group("g", &[]).await.unwrap();
+    let patient = gws[0].connect("alice").await;
+
+    redis.kill();
+    let started = tokio::time::Instant::now();
+    let err = impatient.send("g", "lost?").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UNAVAILABLE), "{err}");
+    assert!(err.code().unwrap().is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(5), "failed fast");
+    let err = impatient
+        .history("g", HistoryPage::Before(u64::MAX), 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UNAVAILABLE), "{err}");
+    assert!(
+        impatient.close_reason().is_none(),
+        "the connection stays up"
+    );
+
+    // The library retries with the same id while Redis comes back: stored once.
+    let revive = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.revive().await;
+        redis
+    });
+    let sent = patient.send_with_id("g", "once", "hello").await.unwrap();
+    let _redis = revive.await.unwrap();
+    assert_eq!((sent.seq, sent.duplicate), (1, false));
+    let again = patient.send_with_id("g", "once", "hello").await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(
+        texts(
+            &impatient
+                .history("g", HistoryPage::Before(u64::MAX), 10)
+                .await
+                .unwrap()
+        ),
+        ["hello"]
+    );
 }

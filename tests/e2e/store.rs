@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chat_gateway::redis_target::RedisTarget;
 use chat_gateway::store::{
     EmbeddedStore, NewMessage, PageFrom, RedisStore, SeqRange, Store, StoreError,
 };
-use chat_tests::RedisServer;
+use chat_tests::{RedisCluster, RedisServer};
 
 fn message(group: &str, sender: &str, msg_id: &str, body: &str) -> NewMessage {
     NewMessage {
@@ -271,13 +272,22 @@ async fn the_embedded_store_keeps_the_store_contract() {
 #[tokio::test]
 async fn the_redis_store_keeps_the_store_contract() {
     let redis = RedisServer::start().await;
-    suite(Arc::new(RedisStore::connect(&redis.url).await.unwrap())).await;
+    let target = RedisTarget::Server(redis.url.clone());
+    suite(Arc::new(RedisStore::connect(&target).await.unwrap())).await;
+}
+
+#[tokio::test]
+async fn the_redis_store_keeps_the_store_contract_on_a_cluster() {
+    let cluster = RedisCluster::start().await;
+    let target = RedisTarget::Cluster(cluster.seeds());
+    suite(Arc::new(RedisStore::connect(&target).await.unwrap())).await;
 }
 
 #[tokio::test]
 async fn concurrent_appends_on_redis_get_gapless_seqs() {
     let redis = RedisServer::start().await;
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url).await.unwrap());
+    let target = RedisTarget::Server(redis.url.clone());
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&target).await.unwrap());
     store.create_group("busy", "alice", &[], 0).await.unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|task| {

@@ -1,24 +1,29 @@
 //! The bus on Redis pub/sub: one channel per group (`chat:{g:GROUP}:events`) and per user
 //! (`chat:{u:USER}:events`). A gateway subscribes to a channel only while it holds a local
 //! connection that cares, so Redis routes each message to the gateways that need it and
-//! no key anywhere says who is online where.
+//! no key anywhere says who is online where. On a Cluster the channels are sharded
+//! (`SSUBSCRIBE`/`SPUBLISH`): a group's traffic stays on the shard holding its keys.
 //!
-//! Pub/sub delivers at most once. When the subscription connection drops, the bus
-//! reconnects with backoff, subscribes again to every topic, and raises
-//! [`Event::Resync`]: the node then catches every local connection up from the log.
+//! Pub/sub delivers at most once. When the subscription connection drops (or stops
+//! answering the heartbeat), the bus reconnects with backoff, subscribes again to every
+//! topic, and raises [`Event::Resync`]: the node then catches every local connection up
+//! from the log.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, PubSubSink};
+use bytes::Bytes;
+use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Bus, BusError, Event, Topic};
+use crate::redis_target::{PushConnection, RedisConnection, RedisTarget};
+
+/// How often the subscription connection is pinged, to notice one that died silently.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 fn channel(topic: &Topic) -> String {
     match topic {
@@ -37,29 +42,28 @@ struct Subscriptions {
     topics: Mutex<HashSet<Topic>>,
     /// The live subscription connection, if any. Held while (re)subscribing so a topic is
     /// never missed between a snapshot of `topics` and the new connection.
-    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    link: tokio::sync::Mutex<Option<PushConnection>>,
 }
 
 pub struct RedisBus {
-    publisher: ConnectionManager,
+    publisher: RedisConnection,
     subscriptions: Arc<Subscriptions>,
     events_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     subscriber: JoinHandle<()>,
 }
 
 impl RedisBus {
-    /// Connects to `url` for publishing and starts the subscriber (which reconnects by itself).
-    pub async fn connect(url: &str) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let publisher = client.get_connection_manager().await.map_err(unavailable)?;
+    /// Connects for publishing and starts the subscriber (which reconnects by itself).
+    pub async fn connect(target: &RedisTarget) -> Result<Self, BusError> {
+        let publisher = target.connect().await.map_err(unavailable)?;
         let subscriptions = Arc::new(Subscriptions {
             topics: Mutex::new(HashSet::new()),
-            sink: tokio::sync::Mutex::new(None),
+            link: tokio::sync::Mutex::new(None),
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let subscriber = tokio::spawn(subscribe_forever(
-            client,
+            target.clone(),
             subscriptions.clone(),
             events_tx,
             ready_tx,
@@ -84,7 +88,7 @@ impl Drop for RedisBus {
 /// Keeps a subscription connection up: connect, subscribe to every wanted topic, forward
 /// messages; on loss, back off and do it again, then ask for a resync.
 async fn subscribe_forever(
-    client: redis::Client,
+    target: RedisTarget,
     subscriptions: Arc<Subscriptions>,
     events: mpsc::UnboundedSender<Event>,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -92,9 +96,10 @@ async fn subscribe_forever(
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     loop {
+        let (pushes_tx, mut pushes) = mpsc::unbounded_channel();
         let connected = async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
-            let mut current = subscriptions.sink.lock().await;
+            let mut link = target.connect_pushes(pushes_tx).await?;
+            let mut current = subscriptions.link.lock().await;
             let topics: Vec<Topic> = subscriptions
                 .topics
                 .lock()
@@ -103,14 +108,14 @@ async fn subscribe_forever(
                 .cloned()
                 .collect();
             for topic in &topics {
-                sink.subscribe(channel(topic)).await?;
+                link.subscribe(&channel(topic)).await?;
             }
-            *current = Some(sink);
-            Ok::<_, redis::RedisError>(stream)
+            *current = Some(link);
+            Ok::<_, redis::RedisError>(())
         }
         .await;
         match connected {
-            Ok(mut stream) => {
+            Ok(()) => {
                 backoff = Duration::from_millis(100);
                 match ready.take() {
                     Some(ready) => {
@@ -122,19 +127,8 @@ async fn subscribe_forever(
                         let _ = events.send(Event::Resync);
                     }
                 }
-                while let Some(message) = stream.next().await {
-                    match Event::decode(bytes::Bytes::copy_from_slice(message.get_payload_bytes()))
-                    {
-                        Some(event) => {
-                            let _ = events.send(event);
-                        }
-                        None => tracing::warn!(
-                            channel = message.get_channel_name(),
-                            "ignoring a malformed bus event"
-                        ),
-                    }
-                }
-                *subscriptions.sink.lock().await = None;
+                forward_until_lost(&subscriptions, &mut pushes, &events).await;
+                *subscriptions.link.lock().await = None;
                 tracing::warn!("redis subscription connection lost; reconnecting");
             }
             Err(error) => {
@@ -150,42 +144,89 @@ async fn subscribe_forever(
     }
 }
 
+/// Forwards published events until the connection reports its loss or misses a heartbeat.
+async fn forward_until_lost(
+    subscriptions: &Subscriptions,
+    pushes: &mut mpsc::UnboundedReceiver<PushInfo>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            push = pushes.recv() => match push {
+                None => return,
+                Some(push) if push.kind == PushKind::Disconnection => return,
+                Some(push) if matches!(push.kind, PushKind::Message | PushKind::SMessage) => {
+                    match published_event(push) {
+                        Some(event) => {
+                            let _ = events.send(event);
+                        }
+                        None => tracing::warn!("ignoring a malformed bus event"),
+                    }
+                }
+                // Subscription confirmations.
+                Some(_) => {}
+            },
+            _ = heartbeat.tick() => {
+                let alive = match subscriptions.link.lock().await.as_mut() {
+                    Some(link) => link.ping().await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The event in a `message`/`smessage` push: `[channel, payload]`.
+fn published_event(push: PushInfo) -> Option<Event> {
+    match push.data.into_iter().nth(1)? {
+        Value::BulkString(payload) => Event::decode(Bytes::from(payload)),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, topic: Topic, event: Event) -> Result<(), BusError> {
         let Some(payload) = event.encode() else {
             return Ok(());
         };
-        let mut publisher = self.publisher.clone();
-        publisher
-            .publish::<_, _, ()>(channel(&topic), payload.as_ref())
+        self.publisher
+            .clone()
+            .publish(&channel(&topic), payload.as_ref())
             .await
             .map_err(unavailable)
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        let mut sink = self.subscriptions.sink.lock().await;
+        let mut link = self.subscriptions.link.lock().await;
         self.subscriptions
             .topics
             .lock()
             .expect("topics lock")
             .insert(topic.clone());
-        match sink.as_mut() {
-            Some(sink) => sink.subscribe(channel(&topic)).await.map_err(unavailable),
+        match link.as_mut() {
+            Some(link) => link.subscribe(&channel(&topic)).await.map_err(unavailable),
             // Subscribed on reconnect, followed by a resync.
             None => Ok(()),
         }
     }
 
     async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        let mut sink = self.subscriptions.sink.lock().await;
+        let mut link = self.subscriptions.link.lock().await;
         self.subscriptions
             .topics
             .lock()
             .expect("topics lock")
             .remove(&topic);
-        match sink.as_mut() {
-            Some(sink) => sink.unsubscribe(channel(&topic)).await.map_err(unavailable),
+        match link.as_mut() {
+            Some(link) => link
+                .unsubscribe(&channel(&topic))
+                .await
+                .map_err(unavailable),
             None => Ok(()),
         }
     }

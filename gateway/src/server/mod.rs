@@ -71,13 +71,15 @@ impl Gateway {
             config.tls.key.as_deref(),
         )?;
         let auth = TokenAuthority::new(&config.token_secret().map_err(StartError::Secret)?);
-        let store: Arc<dyn Store> = match &config.redis {
-            Some(url) => Arc::new(RedisStore::connect(url).await?),
-            None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
-        };
-        let bus: Arc<dyn Bus> = match &config.redis {
-            Some(url) => Arc::new(RedisBus::connect(url).await?),
-            None => Arc::new(LocalBus::new()),
+        let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match config.redis_target() {
+            Some(redis) => (
+                Arc::new(RedisStore::connect(&redis).await?),
+                Arc::new(RedisBus::connect(&redis).await?),
+            ),
+            None => (
+                Arc::new(EmbeddedStore::open(&config.data_dir)?),
+                Arc::new(LocalBus::new()),
+            ),
         };
         let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
         let default_ack = (

@@ -1,6 +1,7 @@
 //! The store → encode → publish phases of a message, shared by client sends and plugin
 //! notices: append once, encode the push once (and, for a private message, its
-//! placeholder once), publish once per message.
+//! placeholder once), publish once per message. A retried send that finds its message
+//! already stored publishes it again, in case the first attempt died before publishing.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use chat_protocol::{Message, encode_push};
 use super::visibility::placeholder;
 use crate::bus::{Bus, Event, PrivateDelivery, Topic};
 use crate::session::{RequestError, now_ms};
-use crate::store::{Appended, NewMessage, Store};
+use crate::store::{Appended, NewMessage, PageFrom, SeqRange, Store, StoredMessage};
 
 pub struct Publisher {
     store: Arc<dyn Store>,
@@ -30,33 +31,70 @@ impl Publisher {
         let body = message.body.clone();
         let appended = self.store.append(message).await?;
         if appended.duplicate {
+            // The first attempt may have died between append and publish (a killed
+            // gateway): publish the stored message again; receivers drop seqs they have.
+            self.republish(&group, appended.seq).await;
             return Ok(appended);
         }
+        let stored = StoredMessage {
+            group,
+            seq: appended.seq,
+            sender,
+            ts_ms: appended.ts_ms,
+            body,
+            visible_to,
+        };
+        self.broadcast(stored).await;
+        Ok(appended)
+    }
+
+    /// Publishes a stored message on its group's topic, encoded once for every receiver.
+    async fn broadcast(&self, stored: StoredMessage) {
+        let StoredMessage {
+            group,
+            seq,
+            sender,
+            ts_ms,
+            body,
+            visible_to,
+        } = stored;
         let private = visible_to.is_some();
         let push = encode_push(&Message {
             group: group.clone(),
-            seq: appended.seq,
+            seq,
             sender: sender.clone(),
-            ts_ms: appended.ts_ms,
+            ts_ms,
             flags: if private { Message::FLAG_PRIVATE } else { 0 },
             body,
         });
         let private = visible_to.map(|visible_to| PrivateDelivery {
             sender,
             visible_to,
-            placeholder: encode_push(&placeholder(&group, appended.seq, appended.ts_ms, 0)),
+            placeholder: encode_push(&placeholder(&group, seq, ts_ms, 0)),
         });
         let event = Event::Message {
             group: group.clone(),
-            seq: appended.seq,
+            seq,
             push,
             private,
         };
         // Stored is what counts: a receiver that misses this event finds the gap and reads the log.
         if let Err(error) = self.bus.publish(Topic::Group(group.clone()), event).await {
-            tracing::warn!(%group, seq = appended.seq, %error, "publish failed; receivers will catch up from the log");
+            tracing::warn!(%group, seq, %error, "publish failed; receivers will catch up from the log");
         }
-        Ok(appended)
+    }
+
+    /// Publishes message `seq` of `group` again, as the log holds it.
+    async fn republish(&self, group: &str, seq: u64) {
+        let range = SeqRange {
+            after: seq - 1,
+            before: seq + 1,
+        };
+        match self.store.messages(group, range, PageFrom::Oldest, 1).await {
+            Ok(mut found) if !found.is_empty() => self.broadcast(found.remove(0)).await,
+            Ok(_) => tracing::warn!(%group, seq, "a duplicate send names a message the log lacks"),
+            Err(error) => tracing::warn!(%group, seq, %error, "cannot republish"),
+        }
     }
 
     /// A notice from `plugin` to one member of `group`, visible to them only.

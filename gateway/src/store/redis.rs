@@ -23,8 +23,10 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use futures_util::future::try_join_all;
+use redis::{AsyncCommands, Cmd, FromRedisValue, Script};
+
+use crate::redis_target::{RedisConnection, RedisTarget};
 
 use super::{
     Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
@@ -43,10 +45,10 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-/// [`Store`] on a Redis server.
+/// [`Store`] on a Redis server or Cluster.
 #[derive(Clone)]
 pub struct RedisStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
 }
 
 /// The fields of a group's meta hash, in `GroupInfo` order.
@@ -205,15 +207,26 @@ return 1
 });
 
 impl RedisStore {
-    /// Connects (and reconnects by itself) to `url`, e.g. `redis://127.0.0.1:6379`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let redis = client.get_connection_manager().await?;
-        Ok(Self { redis })
+    /// Connects (and reconnects by itself) to a server or a Cluster.
+    pub async fn connect(target: &RedisTarget) -> Result<Self, StoreError> {
+        Ok(Self {
+            redis: target.connect().await?,
+        })
     }
 
-    fn con(&self) -> ConnectionManager {
+    fn con(&self) -> RedisConnection {
         self.redis.clone()
+    }
+
+    /// Runs commands on different slots (one per user or per group) concurrently: a
+    /// pipeline may not cross slots on a Cluster, and concurrent commands on one
+    /// multiplexed connection are pipelined anyway.
+    async fn each<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>, StoreError> {
+        let replies = commands.into_iter().map(|command| {
+            let mut con = self.con();
+            async move { command.query_async::<T>(&mut con).await }
+        });
+        Ok(try_join_all(replies).await?)
     }
 
     /// Runs ADD or REMOVE on a group's meta, members and roster with `users` as arguments.
@@ -261,14 +274,17 @@ impl Store for RedisStore {
         if created == 0 {
             return Err(StoreError::GroupExists(group.to_owned()));
         }
-        let mut pipe = redis::pipe();
-        pipe.hset(user_key(owner, "groups"), group, role_value(true, 0))
-            .ignore();
-        for m in members {
-            pipe.hset(user_key(m, "groups"), group, role_value(false, 0))
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut con).await?;
+        let mut writes = vec![Cmd::hset(
+            user_key(owner, "groups"),
+            group,
+            role_value(true, 0),
+        )];
+        writes.extend(
+            members
+                .iter()
+                .map(|m| Cmd::hset(user_key(m, "groups"), group, role_value(false, 0))),
+        );
+        self.each::<()>(writes).await?;
         Ok(())
     }
 
@@ -304,14 +320,11 @@ impl Store for RedisStore {
                 joined_seq: head,
             })
             .collect();
-        if !added.is_empty() {
-            let mut pipe = redis::pipe();
-            for m in &added {
-                pipe.hset(user_key(&m.user, "groups"), group, role_value(false, head))
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut self.con()).await?;
-        }
+        let writes = added
+            .iter()
+            .map(|m| Cmd::hset(user_key(&m.user, "groups"), group, role_value(false, head)))
+            .collect();
+        self.each::<()>(writes).await?;
         Ok(added)
     }
 
@@ -321,13 +334,11 @@ impl Store for RedisStore {
         users: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let removed = self.change_roster(&REMOVE, group, users).await?;
-        if !removed.is_empty() {
-            let mut pipe = redis::pipe();
-            for u in &removed {
-                pipe.hdel(user_key(u, "groups"), group).ignore();
-            }
-            pipe.query_async::<()>(&mut self.con()).await?;
-        }
+        let writes = removed
+            .iter()
+            .map(|u| Cmd::hdel(user_key(u, "groups"), group))
+            .collect();
+        self.each::<()>(writes).await?;
         Ok(removed)
     }
 
@@ -378,14 +389,16 @@ impl Store for RedisStore {
 
     async fn conversations(&self, user: &str) -> Result<Vec<(Membership, GroupInfo)>, StoreError> {
         let memberships = self.groups_of(user).await?;
-        let mut pipe = redis::pipe();
-        for m in &memberships {
-            pipe.cmd("HMGET")
-                .arg(group_key(&m.group, "meta"))
-                .arg(&META_FIELDS[..]);
-        }
+        let reads = memberships
+            .iter()
+            .map(|m| {
+                let mut read = redis::cmd("HMGET");
+                read.arg(group_key(&m.group, "meta")).arg(&META_FIELDS[..]);
+                read
+            })
+            .collect();
         let metas: Vec<(Option<String>, Option<u64>, Option<u64>, Option<u64>)> =
-            pipe.query_async(&mut self.con()).await?;
+            self.each(reads).await?;
         Ok(memberships
             .into_iter()
             .zip(metas)

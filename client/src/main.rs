@@ -102,7 +102,8 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u16,
     },
-    /// Print (and acknowledge) messages as they arrive.
+    /// Print (and acknowledge) messages as they arrive; reconnects (and resumes without
+    /// loss or repeats) if the gateway goes away.
     Listen {
         /// Exit after this many messages.
         #[arg(long)]
@@ -176,6 +177,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let opts = ConnectOptions {
         server_name: cli.server_name,
         device: cli.device,
+        // A listener outlives a gateway restart; one-shot commands just report the error.
+        reconnect: matches!(cli.command, Command::Listen { .. }),
         ..ConnectOptions::new(server, cli.ca, cli.token)
     };
     let client = Client::connect(opts).await?;

@@ -1,9 +1,8 @@
 //! The binaries as a user runs them: `chat-gateway serve`, `chat-gateway token`, `chat ...`.
 
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use std::path::Path;
 
 use chat_tests::binary;
 use serde_json::Value;
@@ -35,39 +34,38 @@ impl Served {
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut command = Command::new(binary("chat-gateway"));
-        command
-            .args(["serve", "--listen", &addr, "--data"])
-            .arg(data.path());
         if let Some(config) = config {
-            let file = data.path().join("gateway.toml");
-            std::fs::write(&file, config).unwrap();
-            command.arg("--config").arg(file);
+            std::fs::write(data.path().join("gateway.toml"), config).unwrap();
         }
-        let child = command
-            .env_remove("CHAT_TOKEN_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let child = serve(data.path(), &addr);
         let served = Served { child, data, addr };
+        served.wait_until_up();
+        served
+    }
+
+    fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !served.chat("alice", &["conversations"]).status.success() {
+        while !self.chat("alice", &["conversations"]).status.success() {
             assert!(Instant::now() < deadline, "the gateway did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        served
+    }
+
+    /// A rolling restart: SIGTERM (the gateway closes connections with `shutting_down`),
+    /// then the same command on the same port and data.
+    fn restart(&mut self) {
+        signal(&self.child, "-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "SIGTERM exits 0, not {status}");
+        self.child = serve(self.data.path(), &self.addr);
+        self.wait_until_up();
     }
 
     /// Rewrites the config file and sends SIGHUP.
     fn reload(&self, config: &str) {
         std::fs::write(self.data.path().join("gateway.toml"), config).unwrap();
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        signal(&self.child, "-HUP");
     }
 
     fn token(&self, user: &str) -> String {
@@ -110,6 +108,32 @@ impl Served {
         );
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// `chat-gateway serve` on `addr` and `data`, with `data/gateway.toml` if it exists.
+fn serve(data: &Path, addr: &str) -> Child {
+    let mut command = Command::new(binary("chat-gateway"));
+    command
+        .args(["serve", "--listen", addr, "--data"])
+        .arg(data);
+    let config = data.join("gateway.toml");
+    if config.exists() {
+        command.arg("--config").arg(config);
+    }
+    command
+        .env_remove("CHAT_TOKEN_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
@@ -324,4 +348,36 @@ fn sighup_reloads_the_plugin_chain_and_keeps_connections() {
     let pushes = json_lines(&String::from_utf8(out.stdout).unwrap());
     let texts: Vec<&str> = pushes.iter().filter_map(|p| p["text"].as_str()).collect();
     assert_eq!(texts, ["**** it", "fine words"]);
+}
+
+#[test]
+fn chat_listen_rides_out_a_gateway_restart_without_loss_or_repeats() {
+    let mut gw = Served::start();
+    gw.ok("alice", &["group", "create", "team", "--members", "bob"]);
+    let listener = gw
+        .command(
+            "bob",
+            &["--json", "listen", "--count", "3", "--timeout", "30"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    gw.ok("alice", &["send", "team", "before"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    gw.restart();
+    gw.ok("alice", &["send", "team", "after 1"]);
+    gw.ok("alice", &["send", "team", "after 2"]);
+
+    let out = listener.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushes = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let texts: Vec<&str> = pushes.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["before", "after 1", "after 2"]);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_protocol::{
     AckPolicy, Conversation, ErrorCode, Frame, FrameDecoder, HistoryPage, MemberInfo, Message,
-    PROTOCOL_VERSION,
+    PROTOCOL_VERSION, UnreadCount,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use crate::acks::AckBatcher;
 use crate::dedup::Dedup;
 use crate::session::{self, FINISH_TIMEOUT, Shared, WriteCmd};
-use crate::{ClientError, ConnectOptions, Sent};
+use crate::{ClientError, ConnectOptions, Sent, UnreadCounts};
 
 /// QUIC handshake plus Hello/Welcome; keep-alives would otherwise let a mute gateway hang us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,8 +58,18 @@ struct Inner {
     /// What was surfaced to the application, across connections.
     dedup: Arc<StdMutex<Dedup>>,
     inbox: Mutex<mpsc::Receiver<Message>>,
+    /// `UnreadChanged` pushes, across connections.
+    unread_changes: Mutex<mpsc::UnboundedReceiver<Vec<UnreadCount>>>,
     next_id: AtomicU32,
     closing: AtomicBool,
+}
+
+/// Where every connection's push stream delivers, so the application's queues outlive
+/// a reconnect.
+#[derive(Clone)]
+struct PushSinks {
+    inbox: mpsc::Sender<Message>,
+    unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
 }
 
 /// One QUIC connection and the tasks serving it.
@@ -90,6 +100,11 @@ impl Client {
     pub async fn connect(opts: ConnectOptions) -> Result<Client, ClientError> {
         let dedup = Arc::new(StdMutex::new(Dedup::default()));
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (unread_tx, unread_changes) = mpsc::unbounded_channel();
+        let pushes = PushSinks {
+            inbox: inbox_tx,
+            unread: unread_tx,
+        };
         let servers = if opts.reconnect {
             opts.servers()
         } else {
@@ -98,7 +113,7 @@ impl Client {
         let mut failure = None;
         let mut connected = None;
         for server in servers {
-            match open_link(&opts, server, dedup.clone(), inbox_tx.clone()).await {
+            match open_link(&opts, server, dedup.clone(), pushes.clone()).await {
                 Ok(link) => {
                     connected = Some(link);
                     break;
@@ -118,12 +133,13 @@ impl Client {
             relinked: watch::Sender::new(0),
             dedup,
             inbox: Mutex::new(inbox),
+            unread_changes: Mutex::new(unread_changes),
             next_id: AtomicU32::new(1),
             closing: AtomicBool::new(false),
             opts,
         });
         if inner.opts.reconnect {
-            tokio::spawn(reconnect_forever(Arc::downgrade(&inner), inbox_tx));
+            tokio::spawn(reconnect_forever(Arc::downgrade(&inner), pushes));
         }
         Ok(Client { inner })
     }
@@ -279,6 +295,38 @@ impl Client {
     /// history and later deliveries show it as a hidden placeholder.
     pub async fn delete_for_me(&self, group: &str, seq: u64) -> Result<String, ClientError> {
         self.command(group, "delete", &[seq.to_string()]).await
+    }
+
+    /// This user's unread counts, per group and in total. Counts are written in merged
+    /// batches (about once a second), so a message may take that long to show.
+    pub async fn unread(&self) -> Result<UnreadCounts, ClientError> {
+        match self.request(|id| Frame::GetUnread { id }).await? {
+            Frame::Unread { total, groups, .. } => Ok(UnreadCounts { total, groups }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Marks `group` read up to `seq` (clamped to the latest message): its unread count
+    /// drops to the messages after `seq`, on every device of this user.
+    pub async fn mark_read(&self, group: &str, seq: u64) -> Result<(), ClientError> {
+        let response = self
+            .request(|id| Frame::MarkRead {
+                id,
+                group: group.into(),
+                seq,
+            })
+            .await?;
+        expect_done(response)
+    }
+
+    /// The next `UnreadChanged` push: new counts of some groups (each replaces the one
+    /// before). The gateway sends them per count flush, not per message.
+    pub async fn next_unread_change(&self, wait: Duration) -> Option<Vec<UnreadCount>> {
+        let mut changes = self.inner.unread_changes.lock().await;
+        tokio::time::timeout(wait, changes.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// One page of `group`'s history, in ascending seq order.
@@ -485,7 +533,7 @@ async fn open_link(
     opts: &ConnectOptions,
     server: SocketAddr,
     dedup: Arc<StdMutex<Dedup>>,
-    inbox: mpsc::Sender<Message>,
+    pushes: PushSinks,
 ) -> Result<(Link, Welcome), ClientError> {
     let config = crate::tls::client_config(&opts.ca_pem, opts.idle_timeout)?;
     let bind: SocketAddr = match server {
@@ -538,7 +586,12 @@ async fn open_link(
         recv,
         decoder,
     ));
-    tokio::spawn(session::push_reader(shared.clone(), conn.clone(), inbox));
+    tokio::spawn(session::push_reader(
+        shared.clone(),
+        conn.clone(),
+        pushes.inbox,
+        pushes.unread,
+    ));
     tokio::spawn(session::ack_flusher(
         shared.clone(),
         writer.clone(),
@@ -555,7 +608,7 @@ async fn open_link(
 
 /// Replaces the client's connection whenever it is lost, until the client closes, is
 /// dropped, or the gateway refuses it for good (a bad token, say).
-async fn reconnect_forever(inner: Weak<Inner>, inbox: mpsc::Sender<Message>) {
+async fn reconnect_forever(inner: Weak<Inner>, pushes: PushSinks) {
     let mut next_server = 1;
     loop {
         let Some(conn) = inner.upgrade().map(|i| i.link().conn.clone()) else {
@@ -578,7 +631,7 @@ async fn reconnect_forever(inner: Weak<Inner>, inbox: mpsc::Sender<Message>) {
             let servers = i.opts.servers();
             let server = servers[next_server % servers.len()];
             next_server += 1;
-            match open_link(&i.opts, server, i.dedup.clone(), inbox.clone()).await {
+            match open_link(&i.opts, server, i.dedup.clone(), pushes.clone()).await {
                 Ok((link, _)) => {
                     tracing::info!(%server, "reconnected");
                     *i.link.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(link);

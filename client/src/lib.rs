@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use chat_protocol::{
-    AckPolicy, Conversation, ErrorCode, HistoryPage, MemberInfo, Message, Role,
+    AckPolicy, Conversation, ErrorCode, HistoryPage, MemberInfo, Message, Role, UnreadCount,
 };
 pub use client::Client;
 pub use error::ClientError;
@@ -99,6 +99,13 @@ impl std::fmt::Debug for ConnectOptions {
             .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
+}
+
+/// A user's unread counts: the groups with unread messages and the sum over all groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadCounts {
+    pub total: u64,
+    pub groups: Vec<UnreadCount>,
 }
 
 /// The gateway's acceptance of a message.

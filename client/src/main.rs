@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use chat_client::{
-    Client, ClientError, ConnectOptions, Conversation, HistoryPage, MemberInfo, Message, Role, Sent,
+    Client, ClientError, ConnectOptions, Conversation, HistoryPage, MemberInfo, Message, Role,
+    Sent, UnreadCounts,
 };
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -112,6 +113,10 @@ enum Command {
         #[arg(long, value_parser = parse_seconds)]
         timeout: Option<Duration>,
     },
+    /// Your unread counts: the total, then each group with unread messages.
+    Unread,
+    /// Mark a group read up to SEQ (its latest message if SEQ is past it).
+    Read { group: String, seq: u64 },
     /// List your groups, most recent activity first.
     Conversations {
         #[arg(long, default_value_t = 100)]
@@ -229,6 +234,8 @@ async fn execute(client: &Client, out: &Output, command: Command) -> anyhow::Res
             messages.iter().try_for_each(|m| out.message(m))
         }
         Command::Listen { count, timeout } => listen(client, out, count, timeout).await,
+        Command::Unread => out.unread(&client.unread().await?),
+        Command::Read { group, seq } => Ok(client.mark_read(&group, seq).await?),
         Command::Conversations { limit } => client
             .conversations(limit)
             .await?
@@ -442,6 +449,24 @@ impl Output {
         } else {
             self.line(result)
         }
+    }
+
+    /// `{"total":N,"groups":{"G":N,...}}` (every group), or `total N` and a line per
+    /// group with unread messages.
+    fn unread(&self, u: &UnreadCounts) -> anyhow::Result<()> {
+        if self.json {
+            let groups: serde_json::Map<String, serde_json::Value> = u
+                .groups
+                .iter()
+                .map(|g| (g.group.clone(), g.count.into()))
+                .collect();
+            return self.json_line(&serde_json::json!({ "total": u.total, "groups": groups }));
+        }
+        self.line(&format!("total {}", u.total))?;
+        u.groups
+            .iter()
+            .filter(|g| g.count > 0)
+            .try_for_each(|g| self.line(&format!("{} {}", g.group, g.count)))
     }
 
     fn conversation(&self, c: &Conversation) -> anyhow::Result<()> {

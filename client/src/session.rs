@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_protocol::{DecodeError, ErrorCode, Frame, FrameDecoder, Message};
+use chat_protocol::{DecodeError, ErrorCode, Frame, FrameDecoder, Message, UnreadCount};
 use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -316,6 +316,7 @@ fn is_response(frame: &Frame) -> bool {
             | Frame::Messages { .. }
             | Frame::Conversations { .. }
             | Frame::CommandResult { .. }
+            | Frame::Unread { .. }
             | Frame::Error { .. }
     )
 }
@@ -326,6 +327,7 @@ pub(crate) async fn push_reader(
     shared: std::sync::Arc<Shared>,
     conn: Connection,
     inbox: mpsc::Sender<Message>,
+    unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
 ) {
     let mut recv = match conn.accept_uni().await {
         Ok(recv) => recv,
@@ -345,6 +347,9 @@ pub(crate) async fn push_reader(
                 if inbox.send(message).await.is_err() {
                     return; // The client is gone.
                 }
+            }
+            Ok(Some(Frame::UnreadChanged { groups })) => {
+                let _ = unread.send(groups);
             }
             Ok(Some(other)) => {
                 let what = format!(

@@ -11,6 +11,7 @@ use chat_gateway::bus::{Bus, LocalBus};
 use chat_gateway::plugins::{PluginSpec, Plugins};
 use chat_gateway::session::{Publisher, Requests};
 use chat_gateway::store::{EmbeddedStore, Store, StoredMessage};
+use chat_gateway::unread::Unread;
 use chat_protocol::{AckPolicy, Frame};
 
 const POLICY: AckPolicy = AckPolicy {
@@ -29,7 +30,8 @@ async fn setup(specs: &[PluginSpec]) -> anyhow::Result<Setup> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path())?);
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
-    let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+    let unread = Unread::start(store.clone(), bus.clone(), Default::default());
+    let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
     let plugins = Plugins::new(store.clone(), publisher.clone(), (POLICY, POLICY))?;
     plugins.load(specs).await?;
     let requests = Requests::new(store, bus, publisher, plugins.clone());

@@ -6,17 +6,20 @@
 //!
 //! `cargo run --release -p chat-gateway --example store_bench [-- MESSAGES [CONCURRENCY]]`
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use chat_gateway::bus::{Bus, LocalBus, RedisBus};
 use chat_gateway::plugins::Plugins;
-use chat_gateway::redis_target::RedisTarget;
+use chat_gateway::redis_target::{COMMANDS_SENT, RedisTarget};
 use chat_gateway::session::{Publisher, Requests};
 use chat_gateway::store::{EmbeddedStore, RedisStore, Store};
+use chat_gateway::unread::Unread;
 use chat_protocol::{AckPolicy, Frame};
 
 const POLICY: AckPolicy = AckPolicy {
@@ -26,7 +29,8 @@ const POLICY: AckPolicy = AckPolicy {
 };
 
 async fn requests(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Arc<Requests>> {
-    let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+    let unread = Unread::start(store.clone(), bus.clone(), Default::default());
+    let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
     let plugins = Plugins::new(store.clone(), publisher.clone(), (POLICY, POLICY))?;
     Ok(Arc::new(Requests::new(store, bus, publisher, plugins)))
 }
@@ -108,17 +112,28 @@ impl Redis {
         anyhow::bail!("redis-server did not come up")
     }
 
-    fn commands_processed(&self) -> anyhow::Result<u64> {
+    /// Calls per command so far (`INFO commandstats`), commands run by scripts included.
+    fn command_calls(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", "stats"])
+            .args(["-p", &self.port.to_string(), "INFO", "commandstats"])
             .output()?;
-        String::from_utf8(out.stdout)?
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .context("INFO stats has total_commands_processed")?
-            .trim()
-            .parse()
-            .context("a number")
+        let mut calls = BTreeMap::new();
+        for line in String::from_utf8(out.stdout)?.lines() {
+            // cmdstat_hget:calls=12,usec=...
+            let Some((name, stats)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let n = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .context("calls=")?
+                .parse()?;
+            calls.insert(name.to_owned(), n);
+        }
+        Ok(calls)
     }
 }
 
@@ -155,17 +170,31 @@ async fn main() -> anyhow::Result<()> {
     let embedded_1 = sends_per_s(&embedded, "one", messages / 2, 1).await;
     let embedded_n = sends_per_s(&embedded, "many", messages, concurrency).await;
     let redis_1 = sends_per_s(&on_redis, "one", messages, 1).await;
-    let before = redis.commands_processed()?;
+    // Commands per message: the sends' calls, less those of creating their groups.
+    let before = redis.command_calls()?;
+    let sent_before = COMMANDS_SENT.load(Ordering::Relaxed);
     let redis_n = sends_per_s(&on_redis, "many", messages, concurrency).await;
-    // Less the one INFO that reads the counter, and the group creations.
-    let commands = redis.commands_processed()? - before - 1;
-    let per_group = {
-        let before = redis.commands_processed()?;
-        sends_per_s(&on_redis, "count", 0, concurrency).await;
-        (redis.commands_processed()? - before - 1) as f64 / concurrency as f64
-    };
+    // Let the last unread flush land: it belongs to these messages.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_sends = redis.command_calls()?;
+    let sent_after = COMMANDS_SENT.load(Ordering::Relaxed);
+    sends_per_s(&on_redis, "count", 0, concurrency).await;
+    let after_creates = redis.command_calls()?;
+    let creates = COMMANDS_SENT.load(Ordering::Relaxed) - sent_after;
     let sent = (messages / concurrency * concurrency) as f64;
-    let per_message = (commands as f64 - per_group * concurrency as f64) / sent;
+    let calls = |at: &BTreeMap<String, u64>, name: &str| at.get(name).copied().unwrap_or(0);
+    let mut per_command = BTreeMap::new();
+    for name in after_creates.keys() {
+        let create = calls(&after_creates, name) - calls(&after_sends, name);
+        let send = calls(&after_sends, name) - calls(&before, name);
+        let n = send.saturating_sub(create) as f64 / sent;
+        if n >= 0.005 && name != "info" && name != "ping" {
+            per_command.insert(name.clone(), (n * 100.0).round() / 100.0);
+        }
+    }
+    let per_message: f64 = per_command.values().sum();
+    let round_trips = (sent_after - sent_before).saturating_sub(creates) as f64
+        / (messages / concurrency * concurrency) as f64;
 
     let json = serde_json::json!({
         "bench": "store",
@@ -176,6 +205,8 @@ async fn main() -> anyhow::Result<()> {
         "redis_msgs_per_s_1_sender": redis_1.round(),
         "redis_msgs_per_s_n_senders": redis_n.round(),
         "redis_commands_per_message": (per_message * 100.0).round() / 100.0,
+        "redis_requests_per_message": (round_trips * 100.0).round() / 100.0,
+        "redis_calls_per_message": per_command,
     });
     println!("{json}");
     eprintln!("| send path | 1 sender | {concurrency} senders |");
@@ -184,6 +215,12 @@ async fn main() -> anyhow::Result<()> {
         "| embedded (redb, fsync per message) | {embedded_1:.0} msg/s | {embedded_n:.0} msg/s |"
     );
     eprintln!("| Redis (AOF everysec) | {redis_1:.0} msg/s | {redis_n:.0} msg/s |");
-    eprintln!("| Redis commands per message | {per_message:.2} | |");
+    eprintln!(
+        "| Redis requests per message (commands sent; scripts count once) | {round_trips:.2} | |"
+    );
+    eprintln!("| Redis commands per message (those scripts run included) | {per_message:.2} | |");
+    for (name, n) in &per_command {
+        eprintln!("| `{name}` per message | {n:.2} | |");
+    }
     Ok(())
 }

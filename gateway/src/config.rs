@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::plugins::PluginSpec;
 use crate::redis_target::RedisTarget;
+use crate::unread::FlushPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +45,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub transport: TransportConfig,
+    pub unread: UnreadConfig,
     /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
     /// ack-batching; `plugins = []` runs none.
     pub plugins: Option<Vec<PluginSpec>>,
@@ -103,7 +105,36 @@ impl Default for Config {
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),
             transport: TransportConfig::default(),
+            unread: UnreadConfig::default(),
             plugins: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnreadConfig {
+    /// Staged unread increments are written at least this often (the counts' staleness).
+    pub flush_ms: u64,
+    /// A group's staged messages are written at once when this many are waiting.
+    pub flush_at: usize,
+}
+
+impl Default for UnreadConfig {
+    fn default() -> Self {
+        let policy = FlushPolicy::default();
+        Self {
+            flush_ms: policy.every.as_millis() as u64,
+            flush_at: policy.at,
+        }
+    }
+}
+
+impl UnreadConfig {
+    pub fn flush_policy(&self) -> FlushPolicy {
+        FlushPolicy {
+            every: Duration::from_millis(self.flush_ms),
+            at: self.flush_at,
         }
     }
 }
@@ -208,6 +239,11 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together".into(),
+            ));
+        }
+        if self.unread.flush_ms == 0 || self.unread.flush_at == 0 {
+            return Err(ConfigError::Invalid(
+                "unread.flush_ms and unread.flush_at must be at least 1".into(),
             ));
         }
         if self.redis.is_some() && !self.redis_cluster.is_empty() {

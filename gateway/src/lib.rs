@@ -7,6 +7,7 @@
 //! - [`store`]: groups, members, group logs, cursors ([`store::EmbeddedStore`] by default).
 //! - [`bus`]: events between gateways ([`bus::LocalBus`] on a single node, [`bus::RedisBus`]).
 //! - [`redis_target`]: reaching one Redis server or a Redis Cluster, for store and bus.
+//! - [`unread`]: unread counts, staged per group and flushed as one `+k` per member.
 //! - [`plugins`]: the sandboxed WebAssembly policy chain (wasmtime, `wit/`).
 //! - [`auth`], [`tls`], [`config`]: tokens, certificates, settings.
 
@@ -20,6 +21,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod unread;
 
 pub use config::Config;
 pub use server::{Gateway, StartError};

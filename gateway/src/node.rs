@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use chat_protocol::AckRange;
+use chat_protocol::{AckRange, Frame, UnreadCount};
 use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
@@ -65,6 +65,8 @@ pub enum Control {
     Finish,
     /// Live events may have been missed: catch every group up from the log.
     Resync,
+    /// A frame for the push stream outside the delivery window (e.g. `UnreadChanged`).
+    Notice(Bytes),
 }
 
 /// What the node keeps of a local connection.
@@ -304,6 +306,7 @@ impl Node {
                     .await
             }
             Event::Left { group, user } => self.membership_changed(&user, &group, None).await,
+            Event::Unread { group, counts } => self.notify_unread(&group, &counts),
             Event::Resync => {
                 let local = self.local.read().expect("local map lock");
                 for (_, handle, _) in local.conns.values() {
@@ -366,6 +369,29 @@ impl Node {
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
                 handle.lagged.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells each local connection of these users their new count in `group`: one frame
+    /// per user per flush, whatever the number of messages counted.
+    fn notify_unread(&self, group: &str, counts: &[(String, u64)]) {
+        let local = self.local.read().expect("local map lock");
+        for (user, count) in counts {
+            let Some(conns) = local.users.get(user) else {
+                continue;
+            };
+            let frame = Frame::UnreadChanged {
+                groups: vec![UnreadCount {
+                    group: group.to_owned(),
+                    count: *count,
+                }],
+            }
+            .encode();
+            for id in conns.keys() {
+                if let Some((_, handle, _)) = local.conns.get(id) {
+                    let _ = handle.control.send(Control::Notice(frame.clone()));
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 //! one server, sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`) on a Cluster, so a group's
 //! channel lives on the shard that holds the group's keys.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -24,6 +25,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnection attempts per failed command before it reports the failure.
 const RETRIES: usize = 2;
+
+/// Commands this process sent to Redis for the store and publishing (a script call counts
+/// once, a pipeline as its commands), for benchmarks and metrics.
+pub static COMMANDS_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// Where the shared state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +133,7 @@ impl RedisConnection {
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        COMMANDS_SENT.fetch_add(1, Ordering::Relaxed);
         match self {
             RedisConnection::Server(c) => c.req_packed_command(cmd),
             RedisConnection::Cluster(c) => c.req_packed_command(cmd),
@@ -140,6 +146,7 @@ impl ConnectionLike for RedisConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        COMMANDS_SENT.fetch_add(count as u64, Ordering::Relaxed);
         match self {
             RedisConnection::Server(c) => c.req_packed_commands(cmd, offset, count),
             RedisConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),

@@ -67,6 +67,13 @@ pub struct AckRange {
     pub last: u64,
 }
 
+/// A user's unread count in one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadCount {
+    pub group: String,
+    pub count: u64,
+}
+
 /// How a receiver acknowledges pushes on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckPolicy {
@@ -156,6 +163,16 @@ pub enum Frame {
         name: String,
         args: Vec<String>,
     },
+    /// The caller's unread counts, per group and in total.
+    GetUnread {
+        id: u32,
+    },
+    /// Marks `group` read up to `seq` (clamped to the head) for the caller.
+    MarkRead {
+        id: u32,
+        group: String,
+        seq: u64,
+    },
     Ack {
         ranges: Vec<AckRange>,
     },
@@ -187,6 +204,13 @@ pub enum Frame {
         id: u32,
         text: String,
     },
+    /// The answer to `GetUnread`: the caller's groups with unread messages, and the sum
+    /// over all their groups.
+    Unread {
+        id: u32,
+        total: u64,
+        groups: Vec<UnreadCount>,
+    },
     Error {
         id: u32,
         code: ErrorCode,
@@ -195,6 +219,11 @@ pub enum Frame {
     // Pushes, gateway to client, on the push stream.
     Push {
         message: Message,
+    },
+    /// New unread counts of some of the caller's groups (each replaces the earlier one);
+    /// sent at most once per count flush, not once per message.
+    UnreadChanged {
+        groups: Vec<UnreadCount>,
     },
 }
 
@@ -213,6 +242,8 @@ pub enum FrameType {
     History = 0x16,
     ListConversations = 0x17,
     Command = 0x18,
+    GetUnread = 0x19,
+    MarkRead = 0x1A,
     Ack = 0x20,
     Done = 0x30,
     Members = 0x31,
@@ -220,12 +251,14 @@ pub enum FrameType {
     Messages = 0x33,
     Conversations = 0x34,
     CommandResult = 0x35,
+    Unread = 0x36,
     Error = 0x3F,
     Push = 0x40,
+    UnreadChanged = 0x41,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 20] = [
+    const ALL: [FrameType; 24] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::CreateGroup,
@@ -237,6 +270,8 @@ impl FrameType {
         FrameType::History,
         FrameType::ListConversations,
         FrameType::Command,
+        FrameType::GetUnread,
+        FrameType::MarkRead,
         FrameType::Ack,
         FrameType::Done,
         FrameType::Members,
@@ -244,8 +279,10 @@ impl FrameType {
         FrameType::Messages,
         FrameType::Conversations,
         FrameType::CommandResult,
+        FrameType::Unread,
         FrameType::Error,
         FrameType::Push,
+        FrameType::UnreadChanged,
     ];
 
     pub fn from_byte(byte: u8) -> Option<FrameType> {
@@ -265,6 +302,8 @@ impl FrameType {
             FrameType::History => "History",
             FrameType::ListConversations => "ListConversations",
             FrameType::Command => "Command",
+            FrameType::GetUnread => "GetUnread",
+            FrameType::MarkRead => "MarkRead",
             FrameType::Ack => "Ack",
             FrameType::Done => "Done",
             FrameType::Members => "Members",
@@ -272,8 +311,10 @@ impl FrameType {
             FrameType::Messages => "Messages",
             FrameType::Conversations => "Conversations",
             FrameType::CommandResult => "CommandResult",
+            FrameType::Unread => "Unread",
             FrameType::Error => "Error",
             FrameType::Push => "Push",
+            FrameType::UnreadChanged => "UnreadChanged",
         }
     }
 }
@@ -302,6 +343,17 @@ fn read_message(r: &mut Reader) -> Result<Message, DecodeError> {
         ts_ms: r.u64()?,
         flags: r.u8()?,
         body: r.bytes()?,
+    })
+}
+
+fn write_unread(w: &mut Writer, u: &UnreadCount) {
+    w.str(&u.group).u64(u.count);
+}
+
+fn read_unread(r: &mut Reader) -> Result<UnreadCount, DecodeError> {
+    Ok(UnreadCount {
+        group: r.str()?,
+        count: r.u64()?,
     })
 }
 
@@ -339,6 +391,8 @@ impl Frame {
             Frame::History { .. } => FrameType::History,
             Frame::ListConversations { .. } => FrameType::ListConversations,
             Frame::Command { .. } => FrameType::Command,
+            Frame::GetUnread { .. } => FrameType::GetUnread,
+            Frame::MarkRead { .. } => FrameType::MarkRead,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Done { .. } => FrameType::Done,
             Frame::Members { .. } => FrameType::Members,
@@ -346,8 +400,10 @@ impl Frame {
             Frame::Messages { .. } => FrameType::Messages,
             Frame::Conversations { .. } => FrameType::Conversations,
             Frame::CommandResult { .. } => FrameType::CommandResult,
+            Frame::Unread { .. } => FrameType::Unread,
             Frame::Error { .. } => FrameType::Error,
             Frame::Push { .. } => FrameType::Push,
+            Frame::UnreadChanged { .. } => FrameType::UnreadChanged,
         }
     }
 
@@ -363,7 +419,10 @@ impl Frame {
             | Frame::History { id, .. }
             | Frame::ListConversations { id, .. }
             | Frame::Command { id, .. }
+            | Frame::GetUnread { id }
+            | Frame::MarkRead { id, .. }
             | Frame::CommandResult { id, .. }
+            | Frame::Unread { id, .. }
             | Frame::Done { id }
             | Frame::Members { id, .. }
             | Frame::Sent { id, .. }
@@ -373,7 +432,8 @@ impl Frame {
             Frame::Hello { .. }
             | Frame::Welcome { .. }
             | Frame::Ack { .. }
-            | Frame::Push { .. } => None,
+            | Frame::Push { .. }
+            | Frame::UnreadChanged { .. } => None,
         }
     }
 
@@ -458,6 +518,18 @@ impl Frame {
             }
             Frame::CommandResult { id, text } => {
                 w.u32(*id).str(text);
+            }
+            Frame::GetUnread { id } => {
+                w.u32(*id);
+            }
+            Frame::MarkRead { id, group, seq } => {
+                w.u32(*id).str(group).u64(*seq);
+            }
+            Frame::Unread { id, total, groups } => {
+                w.u32(*id).u64(*total).list(groups, write_unread);
+            }
+            Frame::UnreadChanged { groups } => {
+                w.list(groups, write_unread);
             }
             Frame::Ack { ranges } => {
                 w.list(ranges, |w, r| {
@@ -587,6 +659,20 @@ impl Frame {
             FrameType::CommandResult => Frame::CommandResult {
                 id: r.u32()?,
                 text: r.str()?,
+            },
+            FrameType::GetUnread => Frame::GetUnread { id: r.u32()? },
+            FrameType::MarkRead => Frame::MarkRead {
+                id: r.u32()?,
+                group: r.str()?,
+                seq: r.u64()?,
+            },
+            FrameType::Unread => Frame::Unread {
+                id: r.u32()?,
+                total: r.u64()?,
+                groups: r.list(read_unread)?,
+            },
+            FrameType::UnreadChanged => Frame::UnreadChanged {
+                groups: r.list(read_unread)?,
             },
             FrameType::Ack => Frame::Ack {
                 ranges: r.list(|r| {

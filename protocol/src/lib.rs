@@ -14,7 +14,7 @@ pub use codec::{DecodeError, FrameDecoder};
 pub use error::ErrorCode;
 pub use frame::{
     AckPolicy, AckRange, Conversation, Frame, FrameType, HistoryPage, MemberInfo, Message, Role,
-    encode_push,
+    UnreadCount, encode_push,
 };
 
 /// ALPN protocol id negotiated in the TLS handshake.

@@ -140,6 +140,32 @@ fn every_frame() -> Vec<Frame> {
         Frame::Push {
             message: message(3),
         },
+        Frame::GetUnread { id: 16 },
+        Frame::MarkRead {
+            id: 17,
+            group: "g1".into(),
+            seq: 7,
+        },
+        Frame::Unread {
+            id: 18,
+            total: 12,
+            groups: vec![
+                UnreadCount {
+                    group: "g1".into(),
+                    count: 5,
+                },
+                UnreadCount {
+                    group: "g2".into(),
+                    count: 7,
+                },
+            ],
+        },
+        Frame::UnreadChanged {
+            groups: vec![UnreadCount {
+                group: "g2".into(),
+                count: 0,
+            }],
+        },
     ]
 }
 

@@ -381,3 +381,36 @@ fn chat_listen_rides_out_a_gateway_restart_without_loss_or_repeats() {
     let texts: Vec<&str> = pushes.iter().map(|p| p["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["before", "after 1", "after 2"]);
 }
+
+#[test]
+fn cli_unread_counts_and_marking_read() {
+    let gw = Served::start();
+    gw.ok("alice", &["group", "create", "team", "--members", "bob"]);
+    gw.ok("alice", &["group", "create", "ops", "--members", "bob"]);
+    gw.ok("alice", &["send", "team", "one"]);
+    gw.ok("alice", &["send", "team", "two"]);
+    gw.ok("alice", &["send", "ops", "three"]);
+
+    // Counts are written about once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let expected: Value = serde_json::json!({"total": 3, "groups": {"ops": 1, "team": 2}});
+    loop {
+        let got: Value = serde_json::from_str(&gw.ok("bob", &["--json", "unread"])).unwrap();
+        if got == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "unread stayed at {got}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(gw.ok("bob", &["unread"]), "total 3\nops 1\nteam 2\n");
+
+    gw.ok("bob", &["read", "team", "1"]);
+    assert_eq!(gw.ok("bob", &["unread"]), "total 2\nops 1\nteam 1\n");
+    gw.ok("bob", &["read", "ops", "99"]);
+    let got: Value = serde_json::from_str(&gw.ok("bob", &["--json", "unread"])).unwrap();
+    assert_eq!(got, serde_json::json!({"total": 1, "groups": {"team": 1}}));
+
+    let out = gw.chat("bob", &["read", "nope", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_member"));
+}

@@ -11,3 +11,4 @@ mod messaging;
 mod plugins;
 mod scale_out;
 mod store;
+mod unread;

@@ -257,10 +257,80 @@ async fn private_messages_and_cursors(store: &dyn Store) {
     );
 }
 
+/// Unread counting: a range is counted once (compare-and-set on the counted seq), read
+/// markers move counts only against the counted seq they were computed for.
+async fn unread_counting(store: &dyn Store) {
+    store
+        .create_group("u", "alice", &names(&["bob"]), 0)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        store
+            .append(message("u", "alice", &format!("u{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.counted_seq("u").await.unwrap(), 0);
+    let counts = store
+        .count_unread("u", 0, 2, &[("bob".into(), 2)])
+        .await
+        .unwrap();
+    assert_eq!(counts, Some(vec![("bob".into(), 2)]));
+    // The same range again, or one starting elsewhere, is refused and changes nothing.
+    assert_eq!(
+        store
+            .count_unread("u", 0, 2, &[("bob".into(), 2)])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .count_unread("u", 1, 3, &[("bob".into(), 2)])
+            .await
+            .unwrap(),
+        None
+    );
+    let counts = store
+        .count_unread("u", 2, 3, &[("bob".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(counts, Some(vec![("bob".into(), 3)]));
+    assert_eq!(store.counted_seq("u").await.unwrap(), 3);
+
+    let bob = store.unread("bob").await.unwrap();
+    let state = bob.iter().find(|s| s.group == "u").unwrap();
+    assert_eq!(
+        (
+            state.count,
+            state.read_seq,
+            state.counted_seq,
+            state.head_seq
+        ),
+        (3, 0, 3, 3)
+    );
+    // A marker computed against an old counted seq is refused.
+    assert!(!store.mark_read("u", "bob", 2, 1, 2).await.unwrap());
+    assert!(store.mark_read("u", "bob", 2, 1, 3).await.unwrap());
+    let bob = store.unread("bob").await.unwrap();
+    let state = bob.iter().find(|s| s.group == "u").unwrap();
+    assert_eq!((state.count, state.read_seq), (1, 2));
+    // Alice has no count yet: zero, in every group she is in.
+    assert!(
+        store
+            .unread("alice")
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.count == 0)
+    );
+}
+
 async fn suite(store: Arc<dyn Store>) {
     groups_and_members(store.as_ref()).await;
     the_log(store.as_ref()).await;
     private_messages_and_cursors(store.as_ref()).await;
+    unread_counting(store.as_ref()).await;
 }
 
 #[tokio::test]

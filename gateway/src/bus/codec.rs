@@ -7,6 +7,7 @@ use super::{Event, PrivateDelivery};
 const MESSAGE: u8 = 1;
 const JOINED: u8 = 2;
 const LEFT: u8 = 3;
+const UNREAD: u8 = 4;
 
 fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_u16(s.len() as u16);
@@ -75,6 +76,15 @@ impl Event {
                 put_str(&mut buf, group);
                 put_str(&mut buf, user);
             }
+            Event::Unread { group, counts } => {
+                buf.put_u8(UNREAD);
+                put_str(&mut buf, group);
+                buf.put_u32(counts.len() as u32);
+                for (user, count) in counts {
+                    put_str(&mut buf, user);
+                    buf.put_u64(*count);
+                }
+            }
             Event::Resync => return None,
         }
         Some(buf.freeze())
@@ -116,6 +126,14 @@ impl Event {
                 user: get_str(&mut buf)?,
                 joined_seq: get_u64(&mut buf)?,
             },
+            UNREAD => {
+                let group = get_str(&mut buf)?;
+                let n = (buf.remaining() >= 4).then(|| buf.get_u32())?;
+                let counts = (0..n)
+                    .map(|_| Some((get_str(&mut buf)?, get_u64(&mut buf)?)))
+                    .collect::<Option<Vec<_>>>()?;
+                Event::Unread { group, counts }
+            }
             LEFT => Event::Left {
                 group: get_str(&mut buf)?,
                 user: get_str(&mut buf)?,
@@ -158,6 +176,10 @@ mod tests {
                 group: "g".into(),
                 user: "dave".into(),
             },
+            Event::Unread {
+                group: "g".into(),
+                counts: vec![("bob".into(), 3), ("carol".into(), 0)],
+            },
         ];
         for event in events {
             let decoded = Event::decode(event.encode().unwrap()).unwrap();
@@ -165,6 +187,8 @@ mod tests {
         }
         assert!(Event::decode(Bytes::from_static(b"\x01\x00")).is_none());
         assert!(Event::decode(Bytes::from_static(b"\x09")).is_none());
+        // A count list longer than the bytes that follow.
+        assert!(Event::decode(Bytes::from_static(b"\x04\x00\x01g\xff\xff\xff\xff")).is_none());
         assert!(Event::Resync.encode().is_none());
     }
 }

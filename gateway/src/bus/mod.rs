@@ -43,6 +43,11 @@ pub enum Event {
     },
     /// `user` left or was removed from `group`.
     Left { group: String, user: String },
+    /// New unread counts of `group` for these users (a flush, or one user's read marker).
+    Unread {
+        group: String,
+        counts: Vec<(String, u64)>,
+    },
     /// The bus lost events (a reconnect): every local connection catches up from the log.
     Resync,
 }

@@ -437,10 +437,9 @@ pub async fn check(bytes: &[u8]) -> Result<Description, PluginError> {
     let dir = tempfile_dir()?;
     let store: Arc<dyn Store> =
         Arc::new(crate::store::EmbeddedStore::open(&dir).map_err(PluginError::engine)?);
-    let publisher = Arc::new(Publisher::new(
-        store.clone(),
-        Arc::new(crate::bus::LocalBus::new()),
-    ));
+    let bus: Arc<dyn crate::bus::Bus> = Arc::new(crate::bus::LocalBus::new());
+    let unread = crate::unread::Unread::start(store.clone(), bus.clone(), Default::default());
+    let publisher = Arc::new(Publisher::new(store.clone(), bus, unread));
     let plugins = Plugins::new(store, publisher, (DEFAULT_POLICY, DEFAULT_POLICY))?;
     let runtime = plugins.runtime.clone();
     let plugin = Loaded::new(

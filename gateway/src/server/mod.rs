@@ -21,6 +21,7 @@ use crate::plugins::{PluginError, PluginSpec, Plugins};
 use crate::session::Publisher;
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::tls::{Identity, TlsError, load_identity};
+use crate::unread::Unread;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +82,8 @@ impl Gateway {
                 Arc::new(LocalBus::new()),
             ),
         };
-        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+        let unread = Unread::start(store.clone(), bus.clone(), config.unread.flush_policy());
+        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
         let default_ack = (
             config.delivery.ack_policy(),
             config.delivery.catch_up_ack_policy(),

@@ -125,6 +125,7 @@ impl<'a> Pusher<'a> {
             Control::Left { group } => self.delivery.leave(&group),
             Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
+            Control::Notice(frame) => self.out.push(frame),
             Control::Ack(ranges) => {
                 let advanced = self.delivery.ack(&ranges);
                 if !advanced.is_empty()

@@ -12,15 +12,22 @@ use super::visibility::placeholder;
 use crate::bus::{Bus, Event, PrivateDelivery, Topic};
 use crate::session::{RequestError, now_ms};
 use crate::store::{Appended, NewMessage, PageFrom, SeqRange, Store, StoredMessage};
+use crate::unread::{Counted, Unread};
 
 pub struct Publisher {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    unread: Arc<Unread>,
 }
 
 impl Publisher {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        Self { store, bus }
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, unread: Arc<Unread>) -> Self {
+        Self { store, bus, unread }
+    }
+
+    /// The unread counts every stored message is staged into.
+    pub fn unread(&self) -> &Arc<Unread> {
+        &self.unread
     }
 
     /// Appends `message` to its group's log and publishes it, unless it is a repeat.
@@ -36,6 +43,14 @@ impl Publisher {
             self.republish(&group, appended.seq).await;
             return Ok(appended);
         }
+        self.unread.stage(
+            &group,
+            Counted {
+                seq: appended.seq,
+                sender: sender.clone(),
+                visible_to: visible_to.clone(),
+            },
+        );
         let stored = StoredMessage {
             group,
             seq: appended.seq,

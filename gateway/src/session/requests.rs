@@ -23,6 +23,9 @@ pub const MAX_USERS_PER_REQUEST: usize = 1000;
 pub const MAX_MEMBERS_PAGE: usize = 1000;
 /// Most conversations one ListConversations returns.
 pub const MAX_CONVERSATIONS: usize = 1000;
+/// Groups listed in one `Unread` answer (the total counts them all): 2,000 of the
+/// longest ids still fit in a frame.
+pub const MAX_UNREAD_GROUPS: usize = 2000;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +191,23 @@ impl Requests {
                 name,
                 args,
             } => self.command(id, user, &group, &name, &args).await,
+            Frame::GetUnread { id } => {
+                let summary = self.publisher.unread().summary(user).await?;
+                let mut groups = summary.groups;
+                groups.retain(|g| g.count > 0);
+                groups.truncate(MAX_UNREAD_GROUPS);
+                Ok(Frame::Unread {
+                    id,
+                    total: summary.total,
+                    groups,
+                })
+            }
+            Frame::MarkRead { id, group, seq } => {
+                let member = self.member(user, &group).await?;
+                let unread = self.publisher.unread();
+                unread.mark_read(&member, Some(seq), &self.plugins).await?;
+                Ok(Frame::Done { id })
+            }
             other => Err(RequestError::NotARequest(other.frame_type().name())),
         }
     }
@@ -380,8 +400,14 @@ impl Requests {
         name: &str,
         args: &[String],
     ) -> Result<Frame, RequestError> {
-        self.member(user, group).await?;
+        let member = self.member(user, group).await?;
         let text = self.plugins.command(user, group, name, args).await?;
+        // A command may change what the caller sees (`delete` hides a message for them):
+        // recount their unread messages of the group under the same rules as history.
+        let unread = self.publisher.unread();
+        if let Err(error) = unread.mark_read(&member, None, &self.plugins).await {
+            tracing::warn!(%user, %group, %error, "recounting unread after a command failed");
+        }
         Ok(Frame::CommandResult { id, text })
     }
 
@@ -482,7 +508,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let bus = Arc::new(LocalBus::new());
-        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone()));
+        let unread = crate::unread::Unread::start(store.clone(), bus.clone(), Default::default());
+        let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
         let policy = chat_protocol::AckPolicy {
             max_delay_ms: 50,
             max_batch: 32,

@@ -12,7 +12,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::{
     Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
-    StoredMessage,
+    StoredMessage, UnreadState,
 };
 
 /// group → (owner, created_ms, head_seq, last_ts_ms)
@@ -34,6 +34,10 @@ const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("pl
 const MSG_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("msg_ids");
 /// (user, device, group) → highest acknowledged seq.
 const CURSORS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("cursors");
+/// (group, user) → (unread count, read marker).
+const UNREAD: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("unread");
+/// group → the seq up to which its messages are in the unread counts.
+const COUNTED: TableDefinition<&str, u64> = TableDefinition::new("counted");
 
 /// redb-backed [`Store`] for a single node.
 #[derive(Clone)]
@@ -80,6 +84,8 @@ impl EmbeddedStore {
         tx.open_table(PRIVATE)?;
         tx.open_table(PRIVATE_INDEX)?;
         tx.open_table(PLUGIN_KV)?;
+        tx.open_table(UNREAD)?;
+        tx.open_table(COUNTED)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -491,6 +497,109 @@ impl Store for EmbeddedStore {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn counted_seq(&self, group: &str) -> Result<u64, StoreError> {
+        let group = group.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let counted = tx.open_table(COUNTED)?;
+            Ok(counted.get(group.as_str())?.map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn count_unread(
+        &self,
+        group: &str,
+        from: u64,
+        to: u64,
+        increments: &[(String, u64)],
+    ) -> Result<Option<Vec<(String, u64)>>, StoreError> {
+        let (group, increments) = (group.to_owned(), increments.to_vec());
+        self.run(move |db| {
+            let mut tx = db.begin_write()?;
+            // Counts are derived from the durable log: a lost flush is rolled back whole
+            // (counts and counted seq together) and recounted, so it skips the fsync.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut counts = Vec::with_capacity(increments.len());
+            {
+                let mut counted = tx.open_table(COUNTED)?;
+                if counted.get(group.as_str())?.map_or(0, |v| v.value()) != from {
+                    return Ok(None);
+                }
+                counted.insert(group.as_str(), to)?;
+                let mut unread = tx.open_table(UNREAD)?;
+                for (user, k) in increments {
+                    let key = (group.as_str(), user.as_str());
+                    let (count, read) = unread.get(key)?.map_or((0, 0), |v| v.value());
+                    unread.insert(key, (count + k, read))?;
+                    counts.push((user, count + k));
+                }
+            }
+            tx.commit()?;
+            Ok(Some(counts))
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        group: &str,
+        user: &str,
+        read_seq: u64,
+        count: u64,
+        counted: u64,
+    ) -> Result<bool, StoreError> {
+        let (group, user) = (group.to_owned(), user.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_write()?;
+            {
+                let current = tx.open_table(COUNTED)?;
+                if current.get(group.as_str())?.map_or(0, |v| v.value()) != counted {
+                    return Ok(false);
+                }
+                let mut unread = tx.open_table(UNREAD)?;
+                unread.insert((group.as_str(), user.as_str()), (count, read_seq))?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError> {
+        let memberships = self.groups_of(user).await?;
+        let user = user.to_owned();
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let (groups, counted, unread) = (
+                tx.open_table(GROUPS)?,
+                tx.open_table(COUNTED)?,
+                tx.open_table(UNREAD)?,
+            );
+            let mut out = Vec::with_capacity(memberships.len());
+            for m in memberships {
+                let Some(info) = groups.get(m.group.as_str())? else {
+                    continue;
+                };
+                let head_seq = info.value().2;
+                let counted_seq = counted.get(m.group.as_str())?.map_or(0, |v| v.value());
+                let (count, read_seq) = unread
+                    .get((m.group.as_str(), user.as_str()))?
+                    .map_or((0, 0), |v| v.value());
+                out.push(UnreadState {
+                    group: m.group,
+                    count,
+                    read_seq,
+                    counted_seq,
+                    head_seq,
+                });
+            }
+            Ok(out)
         })
         .await
     }

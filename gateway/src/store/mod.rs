@@ -99,6 +99,19 @@ pub struct SeqRange {
     pub before: u64,
 }
 
+/// Where one user's unread count of one group stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadState {
+    pub group: String,
+    /// Messages after `read_seq` and up to `counted_seq` the user may see and did not send.
+    pub count: u64,
+    /// The user's read marker (0: nothing marked read).
+    pub read_seq: u64,
+    /// Every message up to here is counted, for every member (see [`Store::count_unread`]).
+    pub counted_seq: u64,
+    pub head_seq: u64,
+}
+
 /// Which end of a [`SeqRange`] a page is taken from; pages are always returned in ascending order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageFrom {
@@ -184,4 +197,34 @@ pub trait Store: Send + Sync + 'static {
         device: &str,
         cursors: &[(String, u64)],
     ) -> Result<(), StoreError>;
+
+    /// Up to where `group`'s messages are counted in its members' unread counts.
+    async fn counted_seq(&self, group: &str) -> Result<u64, StoreError>;
+
+    /// Counts `group`'s messages `from + 1 ..= to`: adds each `(user, k)` to that user's
+    /// unread count and moves the counted seq from `from` to `to`, as one atomic step,
+    /// and only if it is still `from` — so each message is counted exactly once whoever
+    /// (and however often) tries. Returns the users' new counts, or `None` if the range
+    /// was counted already.
+    async fn count_unread(
+        &self,
+        group: &str,
+        from: u64,
+        to: u64,
+        increments: &[(String, u64)],
+    ) -> Result<Option<Vec<(String, u64)>>, StoreError>;
+
+    /// Sets `user`'s read marker of `group` and their count as computed for it, if the
+    /// group is still counted up to `counted` (`false` otherwise: recompute and retry).
+    async fn mark_read(
+        &self,
+        group: &str,
+        user: &str,
+        read_seq: u64,
+        count: u64,
+        counted: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// `user`'s unread state in every group they belong to, ordered by group.
+    async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError>;
 }

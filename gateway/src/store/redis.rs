@@ -6,13 +6,15 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `chat:{g:G}:meta` | hash | owner, created, head, last_ts |
+//! | `chat:{g:G}:meta` | hash | owner, created, head, last_ts, counted |
 //! | `chat:{g:G}:members` | hash | user → `o:JOINED` (owner) or `m:JOINED` |
 //! | `chat:{g:G}:roster` | sorted set | member ids, for paging in id order |
 //! | `chat:{g:G}:log` | hash | seq → message (sender, time, body): stored once |
 //! | `chat:{g:G}:ids` | hash | `SENDER\0MSG_ID` → `SEQ:TS`: idempotent sends |
 //! | `chat:{g:G}:private` | hash | seq → recipients (comma-separated) |
 //! | `chat:{g:G}:pidx:U` | set | private seqs U may see: written for recipients only |
+//! | `chat:{g:G}:unread` | hash | user → unread count (messages counted up to meta `counted`) |
+//! | `chat:{g:G}:read` | hash | user → read marker |
 //! | `chat:{u:U}:groups` | hash | group → `o:JOINED` / `m:JOINED` |
 //! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
 //! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
@@ -30,7 +32,7 @@ use crate::redis_target::{RedisConnection, RedisTarget};
 
 use super::{
     Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
-    StoredMessage,
+    StoredMessage, UnreadState,
 };
 
 impl From<redis::ParsingError> for StoreError {
@@ -201,6 +203,34 @@ for i = 1, #ARGV, 2 do
   local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
+return 1
+"#,
+    )
+});
+
+/// Counts a range of a group's messages once. KEYS: meta, unread. ARGV: from, to, then
+/// user, increment pairs. Returns the new counts in order, or -1 if counted is not `from`.
+static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if tonumber(redis.call('HGET', KEYS[1], 'counted') or '0') ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'counted', ARGV[2])
+local counts = {}
+for i = 3, #ARGV, 2 do
+  table.insert(counts, redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]))
+end
+return counts
+"#,
+    )
+});
+
+/// KEYS: meta, unread, read. ARGV: user, read seq, count, counted. 0 if counted moved.
+static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if tonumber(redis.call('HGET', KEYS[1], 'counted') or '0') ~= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 "#,
     )
@@ -535,5 +565,88 @@ impl Store for RedisStore {
         }
         script.invoke_async::<i64>(&mut self.con()).await?;
         Ok(())
+    }
+
+    async fn counted_seq(&self, group: &str) -> Result<u64, StoreError> {
+        let counted: Option<u64> = self.con().hget(group_key(group, "meta"), "counted").await?;
+        Ok(counted.unwrap_or(0))
+    }
+
+    async fn count_unread(
+        &self,
+        group: &str,
+        from: u64,
+        to: u64,
+        increments: &[(String, u64)],
+    ) -> Result<Option<Vec<(String, u64)>>, StoreError> {
+        let mut script = COUNT.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "unread"));
+        script.arg(from).arg(to);
+        for (user, k) in increments {
+            script.arg(user).arg(*k);
+        }
+        match script.invoke_async(&mut self.con()).await? {
+            redis::Value::Int(-1) => Ok(None),
+            other => {
+                let counts: Vec<u64> = redis::from_redis_value(other)?;
+                Ok(Some(
+                    increments
+                        .iter()
+                        .map(|(user, _)| user.clone())
+                        .zip(counts)
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    async fn mark_read(
+        &self,
+        group: &str,
+        user: &str,
+        read_seq: u64,
+        count: u64,
+        counted: u64,
+    ) -> Result<bool, StoreError> {
+        let mut script = MARK_READ.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "unread"))
+            .key(group_key(group, "read"));
+        script.arg(user).arg(read_seq).arg(count).arg(counted);
+        let done: i64 = script.invoke_async(&mut self.con()).await?;
+        Ok(done == 1)
+    }
+
+    async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError> {
+        let memberships = self.groups_of(user).await?;
+        // One pipeline per group (its keys share a slot), all of them at once.
+        let reads = memberships.iter().map(|m| {
+            let mut con = self.con();
+            let mut pipe = redis::pipe();
+            pipe.hget(group_key(&m.group, "unread"), user)
+                .hget(group_key(&m.group, "read"), user)
+                .cmd("HMGET")
+                .arg(group_key(&m.group, "meta"))
+                .arg(&["counted", "head"]);
+            async move {
+                pipe.query_async::<(Option<u64>, Option<u64>, (Option<u64>, Option<u64>))>(&mut con)
+                    .await
+            }
+        });
+        let states = try_join_all(reads).await?;
+        Ok(memberships
+            .into_iter()
+            .zip(states)
+            .map(|(m, (count, read, (counted, head)))| UnreadState {
+                group: m.group,
+                count: count.unwrap_or(0),
+                read_seq: read.unwrap_or(0),
+                counted_seq: counted.unwrap_or(0),
+                head_seq: head.unwrap_or(0),
+            })
+            .collect())
     }
 }

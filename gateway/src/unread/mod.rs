@@ -1,0 +1,367 @@
+//! Unread counts with merged writes. Sending a message costs no counter write: the
+//! message is *staged* for its group. A timer flushes each group's stage every
+//! `flush_ms`, and a group whose stage reaches `flush_at` messages is flushed at once;
+//! a flush collapses the stage into one `+k` per member ([`tally`]) and writes them in
+//! one atomic store step.
+//!
+//! Exact, not best effort: the store keeps per group a *counted seq* and moves it in the
+//! same step as the counts, only if nobody moved it first ([`Store::count_unread`]). A
+//! flush covers `counted + 1 ..= head` whatever the stage holds — missing entries (a
+//! crash lost the stage, another gateway sent them) are read from the log — so a message
+//! is counted once, whichever gateway flushes, however often it is tried.
+
+pub mod tally;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use chat_protocol::UnreadCount;
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, Event, Topic};
+use crate::plugins::Plugins;
+use crate::session::RequestError;
+use crate::store::{Membership, PageFrom, SeqRange, Store, StoredMessage};
+pub use tally::Counted;
+
+/// Members read per page while flushing.
+const MEMBERS_PAGE: usize = 1000;
+/// Messages read per page from the log (recounts, stages a crash lost).
+const LOG_PAGE: usize = 500;
+/// Attempts when another writer keeps moving the counted seq.
+const ATTEMPTS: usize = 8;
+
+/// When staged counts are written.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    /// Flush every group's stage this often.
+    pub every: Duration,
+    /// Flush a group's stage at once when it holds this many messages.
+    pub at: usize,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(1),
+            at: 100,
+        }
+    }
+}
+
+/// A user's unread counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadSummary {
+    pub total: u64,
+    pub groups: Vec<UnreadCount>,
+}
+
+/// Staged messages of one group.
+struct Stage {
+    messages: Vec<Counted>,
+    since: Instant,
+}
+
+pub struct Unread {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    policy: FlushPolicy,
+    stages: Mutex<HashMap<String, Stage>>,
+    /// Groups to flush now (a full stage, a lagging count someone looked at).
+    urgent: mpsc::UnboundedSender<String>,
+}
+
+impl Unread {
+    /// Starts the flusher (it stops when the returned `Unread` is dropped).
+    pub fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, policy: FlushPolicy) -> Arc<Self> {
+        let (urgent, urgent_rx) = mpsc::unbounded_channel();
+        let unread = Arc::new(Self {
+            store,
+            bus,
+            policy,
+            stages: Mutex::new(HashMap::new()),
+            urgent,
+        });
+        tokio::spawn(flush_forever(Arc::downgrade(&unread), urgent_rx));
+        unread
+    }
+
+    /// A message was appended: stage it for counting.
+    pub fn stage(&self, group: &str, message: Counted) {
+        let mut stages = self.stages.lock().expect("stages lock");
+        let stage = stages.entry(group.to_owned()).or_insert_with(|| Stage {
+            messages: Vec::new(),
+            since: Instant::now(),
+        });
+        stage.messages.push(message);
+        if stage.messages.len() == self.policy.at {
+            let _ = self.urgent.send(group.to_owned());
+        }
+    }
+
+    /// Counts every message of `group` not counted yet, and tells the members' gateways
+    /// their new counts.
+    pub async fn flush(&self, group: &str) -> Result<(), RequestError> {
+        let mut staged = self.take_stage(group);
+        for _ in 0..ATTEMPTS {
+            let from = self.store.counted_seq(group).await?;
+            let Some(info) = self.store.group(group).await? else {
+                return Ok(());
+            };
+            let to = info.head_seq;
+            if from >= to {
+                return Ok(());
+            }
+            staged.retain(|m| m.seq > from && m.seq <= to);
+            staged.sort_by_key(|m| m.seq);
+            staged.dedup_by_key(|m| m.seq);
+            let batch = if staged.len() as u64 == to - from {
+                std::mem::take(&mut staged)
+            } else {
+                self.read_log(group, from, to).await?
+            };
+            let members = self.members(group).await?;
+            let increments = tally::increments(&batch, &members);
+            if let Some(counts) = self
+                .store
+                .count_unread(group, from, to, &increments)
+                .await?
+            {
+                self.announce(Topic::Group(group.to_owned()), group, counts)
+                    .await;
+                return Ok(());
+            }
+            // Someone else counted (part of) it: start again from where they stopped.
+        }
+        Err(RequestError::Store(crate::store::StoreError::Unavailable(
+            format!("counting {group} kept racing another writer"),
+        )))
+    }
+
+    /// `user`'s counts in every group. Groups whose count lags their log are flushed
+    /// soon (within the flush interval); the counts returned are the stored ones.
+    pub async fn summary(&self, user: &str) -> Result<UnreadSummary, RequestError> {
+        let states = self.store.unread(user).await?;
+        for state in states.iter().filter(|s| s.counted_seq < s.head_seq) {
+            if !self.is_staged(&state.group) {
+                let _ = self.urgent.send(state.group.clone());
+            }
+        }
+        let groups: Vec<UnreadCount> = states
+            .into_iter()
+            .map(|s| UnreadCount {
+                group: s.group,
+                count: s.count,
+            })
+            .collect();
+        Ok(UnreadSummary {
+            total: groups.iter().map(|g| g.count).sum(),
+            groups,
+        })
+    }
+
+    /// Sets `member`'s read marker of their group to `seq` (at most the head; `None`
+    /// keeps the current marker, to recount after their view changed, e.g. a delete for
+    /// them) and recomputes their count with the same visibility rules as history.
+    pub async fn mark_read(
+        &self,
+        member: &Membership,
+        seq: Option<u64>,
+        plugins: &Plugins,
+    ) -> Result<u64, RequestError> {
+        let (group, user) = (member.group.as_str(), member.user.as_str());
+        for _ in 0..ATTEMPTS {
+            // Count everything up to the head first, so the marker never passes the
+            // counted seq and later flushes only add messages after it.
+            self.flush(group).await?;
+            let counted = self.store.counted_seq(group).await?;
+            let read = match seq {
+                Some(seq) => seq.min(counted),
+                None => self.read_marker(user, group).await?,
+            };
+            let count = self
+                .visible_count(member, read.max(member.joined_seq), counted, plugins)
+                .await?;
+            if self
+                .store
+                .mark_read(group, user, read, count, counted)
+                .await?
+            {
+                self.announce(
+                    Topic::User(user.to_owned()),
+                    group,
+                    vec![(user.to_owned(), count)],
+                )
+                .await;
+                return Ok(count);
+            }
+        }
+        Err(RequestError::Store(crate::store::StoreError::Unavailable(
+            format!("marking {group} read kept racing another writer"),
+        )))
+    }
+
+    /// Flushes every stage older than the flush interval.
+    async fn flush_due(&self) {
+        let due: Vec<String> = {
+            let stages = self.stages.lock().expect("stages lock");
+            stages
+                .iter()
+                .filter(|(_, s)| s.since.elapsed() >= self.policy.every)
+                .map(|(g, _)| g.clone())
+                .collect()
+        };
+        for group in due {
+            self.flush_logged(&group).await;
+        }
+    }
+
+    async fn flush_logged(&self, group: &str) {
+        if let Err(error) = self.flush(group).await {
+            // The stage is gone but the counted seq did not move: the next flush of this
+            // group (a message, a look at the counts) counts the range from the log.
+            tracing::warn!(%group, %error, "unread flush failed");
+        }
+    }
+
+    fn take_stage(&self, group: &str) -> Vec<Counted> {
+        let mut stages = self.stages.lock().expect("stages lock");
+        stages.remove(group).map(|s| s.messages).unwrap_or_default()
+    }
+
+    fn is_staged(&self, group: &str) -> bool {
+        self.stages.lock().expect("stages lock").contains_key(group)
+    }
+
+    async fn announce(&self, topic: Topic, group: &str, counts: Vec<(String, u64)>) {
+        if counts.is_empty() {
+            return;
+        }
+        let event = Event::Unread {
+            group: group.to_owned(),
+            counts,
+        };
+        if let Err(error) = self.bus.publish(topic, event).await {
+            // Clients see the new counts on their next look.
+            tracing::debug!(%group, %error, "publishing unread counts failed");
+        }
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<Membership>, RequestError> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or("", |m: &Membership| m.user.as_str());
+            let page = self.store.members(group, after, MEMBERS_PAGE).await?;
+            let done = page.len() < MEMBERS_PAGE;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Messages `from + 1 ..= to` of the log, as counting needs them.
+    async fn read_log(
+        &self,
+        group: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Counted>, RequestError> {
+        let mut batch = Vec::new();
+        let mut pages = LogPages::new(self.store.as_ref(), group, from, to);
+        while let Some(page) = pages.next().await? {
+            batch.extend(page.iter().map(Counted::from));
+        }
+        Ok(batch)
+    }
+
+    /// How many of messages `after + 1 ..= to` `member` sees in history and did not send.
+    async fn visible_count(
+        &self,
+        member: &Membership,
+        after: u64,
+        to: u64,
+        plugins: &Plugins,
+    ) -> Result<u64, RequestError> {
+        let (group, user) = (member.group.as_str(), member.user.as_str());
+        let mut count = 0;
+        let mut pages = LogPages::new(self.store.as_ref(), group, after, to);
+        while let Some(page) = pages.next().await? {
+            let hidden: HashSet<u64> = plugins.hidden(user, group, &page).await?;
+            count += page
+                .iter()
+                .filter(|m| m.sender != user && m.visible_to(user) && !hidden.contains(&m.seq))
+                .count() as u64;
+        }
+        Ok(count)
+    }
+
+    async fn read_marker(&self, user: &str, group: &str) -> Result<u64, RequestError> {
+        Ok(self
+            .store
+            .unread(user)
+            .await?
+            .into_iter()
+            .find(|s| s.group == group)
+            .map_or(0, |s| s.read_seq))
+    }
+}
+
+/// Pages of messages `after + 1 ..= to` of a group's log, oldest first.
+struct LogPages<'a> {
+    store: &'a dyn Store,
+    group: &'a str,
+    after: u64,
+    to: u64,
+}
+
+impl<'a> LogPages<'a> {
+    fn new(store: &'a dyn Store, group: &'a str, after: u64, to: u64) -> Self {
+        Self {
+            store,
+            group,
+            after,
+            to,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Vec<StoredMessage>>, RequestError> {
+        if self.after >= self.to {
+            return Ok(None);
+        }
+        let range = SeqRange {
+            after: self.after,
+            before: self.to + 1,
+        };
+        let page = self
+            .store
+            .messages(self.group, range, PageFrom::Oldest, LOG_PAGE)
+            .await?;
+        self.after = page.last().map_or(self.to, |last| last.seq);
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
+/// The Timer and the Flusher: flushes due stages every tick, urgent groups at once.
+async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver<String>) {
+    let every = match unread.upgrade() {
+        Some(u) => u.policy.every,
+        None => return,
+    };
+    // Tick faster than the interval so a stage waits at most ~1.25 intervals.
+    let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let Some(unread) = unread.upgrade() else { return };
+                unread.flush_due().await;
+            }
+            group = urgent.recv() => {
+                let (Some(group), Some(unread)) = (group, unread.upgrade()) else { return };
+                unread.flush_logged(&group).await;
+            }
+        }
+    }
+}

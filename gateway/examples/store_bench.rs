@@ -6,34 +6,22 @@
 //!
 //! `cargo run --release -p chat-gateway --example store_bench [-- MESSAGES [CONCURRENCY]]`
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
-use chat_gateway::bus::{Bus, LocalBus, RedisBus};
-use chat_gateway::plugins::Plugins;
+use chat_gateway::bus::{LocalBus, RedisBus};
 use chat_gateway::redis_target::{COMMANDS_SENT, RedisTarget};
-use chat_gateway::session::{Publisher, Requests};
-use chat_gateway::store::{EmbeddedStore, RedisStore, Store};
-use chat_gateway::unread::Unread;
-use chat_protocol::{AckPolicy, Frame};
+use chat_gateway::session::Requests;
+use chat_gateway::store::{EmbeddedStore, RedisStore};
+use chat_gateway::unread::FlushPolicy;
+use chat_protocol::Frame;
 
-const POLICY: AckPolicy = AckPolicy {
-    max_delay_ms: 50,
-    max_batch: 32,
-    retransmit_ms: 5000,
-};
-
-async fn requests(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Arc<Requests>> {
-    let unread = Unread::start(store.clone(), bus.clone(), Default::default());
-    let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
-    let plugins = Plugins::new(store.clone(), publisher.clone(), (POLICY, POLICY))?;
-    Ok(Arc::new(Requests::new(store, bus, publisher, plugins)))
-}
+use common::{Redis, requests_with};
 
 /// Messages per second through `requests`, from `senders` concurrent senders, each
 /// sending to a group of its own (created first). `run` keeps ids unique across runs.
@@ -72,78 +60,6 @@ async fn sends_per_s(requests: &Arc<Requests>, run: &str, messages: u32, senders
     (messages / senders * senders) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// A throwaway `redis-server` with AOF (`everysec`, the usual production setting).
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (install it, e.g. apt-get install redis-server)")?;
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self {
-                    child,
-                    port,
-                    _dir: dir,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("redis-server did not come up")
-    }
-
-    /// Calls per command so far (`INFO commandstats`), commands run by scripts included.
-    fn command_calls(&self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "INFO", "commandstats"])
-            .output()?;
-        let mut calls = BTreeMap::new();
-        for line in String::from_utf8(out.stdout)?.lines() {
-            // cmdstat_hget:calls=12,usec=...
-            let Some((name, stats)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let n = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .context("calls=")?
-                .parse()?;
-            calls.insert(name.to_owned(), n);
-        }
-        Ok(calls)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -151,16 +67,18 @@ async fn main() -> anyhow::Result<()> {
     let concurrency: u32 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(32);
 
     let dir = tempfile::tempdir()?;
-    let embedded = requests(
+    let (embedded, _) = requests_with(
         Arc::new(EmbeddedStore::open(dir.path())?),
         Arc::new(LocalBus::new()),
+        FlushPolicy::default(),
     )
     .await?;
     let redis = Redis::start()?;
     let target = RedisTarget::Server(format!("redis://127.0.0.1:{}", redis.port));
-    let on_redis = requests(
+    let (on_redis, _) = requests_with(
         Arc::new(RedisStore::connect(&target).await?),
         Arc::new(RedisBus::connect(&target).await?),
+        FlushPolicy::default(),
     )
     .await?;
 

@@ -236,16 +236,17 @@ impl RawSession {
         self.push.as_mut().unwrap()
     }
 
-    /// The seqs of the next `n` pushes.
+    /// The seqs of the next `n` pushes (unread count notices skipped).
     async fn pushes(&mut self, n: usize) -> Vec<u64> {
         let mut seqs = Vec::new();
         tokio::time::timeout(PATIENCE, async {
             while seqs.len() < n {
                 while let Some(frame) = self.decoder.next_frame().unwrap() {
-                    let Frame::Push { message } = frame else {
-                        panic!("not a push: {frame:?}")
-                    };
-                    seqs.push(message.seq);
+                    match frame {
+                        Frame::Push { message } => seqs.push(message.seq),
+                        Frame::UnreadChanged { .. } => {}
+                        other => panic!("not a push: {other:?}"),
+                    }
                 }
                 if seqs.len() < n {
                     let chunk = self
@@ -264,10 +265,23 @@ impl RawSession {
         seqs
     }
 
+    /// No `Push` arrives within `wait` (unread count notices may).
     async fn expect_no_push(&mut self, wait: Duration) {
-        let push = self.push_stream().await;
-        if let Ok(chunk) = tokio::time::timeout(wait, push.read_chunk(65536, true)).await {
-            panic!("unexpected push bytes: {chunk:?}");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(frame) = self.decoder.next_frame().unwrap() {
+                if let Frame::Push { message } = frame {
+                    panic!("unexpected push: {message:?}");
+                }
+            }
+            let push = self.push_stream().await;
+            match tokio::time::timeout_at(deadline, push.read_chunk(65536, true)).await {
+                Ok(chunk) => {
+                    let chunk = chunk.unwrap().expect("push stream open");
+                    self.decoder.extend(&chunk.bytes);
+                }
+                Err(_) => return,
+            }
         }
     }
 

@@ -40,6 +40,11 @@ pub(crate) struct Pusher<'a> {
     /// Frames to write at the end of this turn, in order.
     out: Vec<Bytes>,
     retry_catch_up_at: Option<Instant>,
+    /// Acknowledged seqs not saved yet: merged and written at most once per
+    /// `save_cursors_every` (and when the connection ends), not once per Ack frame.
+    unsaved_cursors: HashMap<String, u64>,
+    save_cursors_at: Option<Instant>,
+    save_cursors_every: Duration,
 }
 
 impl<'a> Pusher<'a> {
@@ -74,14 +79,30 @@ impl<'a> Pusher<'a> {
             lagged: attached.lagged,
             out: Vec::new(),
             retry_catch_up_at: None,
+            unsaved_cursors: HashMap::new(),
+            save_cursors_at: None,
+            save_cursors_every: shared.config.unread.flush_policy().every,
         }
     }
 
     pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
+        let result = self.serve(&mut stream).await;
+        self.save_cursors().await;
+        result
+    }
+
+    async fn serve(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
         loop {
             self.catch_up().await;
-            self.flush(&mut stream).await?;
-            let deadline = self.delivery.next_deadline().or(self.retry_catch_up_at);
+            self.flush(stream).await?;
+            let deadline = [
+                self.delivery.next_deadline(),
+                self.retry_catch_up_at,
+                self.save_cursors_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 push = self.pushes.recv() => {
                     let Some(push) = push else { return Ok(()) };
@@ -100,6 +121,9 @@ impl<'a> Pusher<'a> {
                 _ = sleep_until(deadline) => {
                     let now = Instant::now();
                     self.out.extend(self.delivery.due_retransmits(now));
+                    if self.save_cursors_at.is_some_and(|at| at <= now) {
+                        self.save_cursors().await;
+                    }
                 }
             }
             if self.lagged.swap(false, Ordering::Relaxed) {
@@ -127,17 +151,32 @@ impl<'a> Pusher<'a> {
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
             Control::Ack(ranges) => {
-                let advanced = self.delivery.ack(&ranges);
-                if !advanced.is_empty()
-                    && let Err(error) = self
-                        .store
-                        .advance_cursors(self.user, self.device, &advanced)
-                        .await
-                {
-                    // The pushes stay acknowledged here; a lost cursor only means a redelivery later.
-                    tracing::warn!(user = %self.user, %error, "saving delivery cursors failed");
+                for (group, seq) in self.delivery.ack(&ranges) {
+                    let saved = self.unsaved_cursors.entry(group).or_default();
+                    *saved = (*saved).max(seq);
+                }
+                if !self.unsaved_cursors.is_empty() && self.save_cursors_at.is_none() {
+                    self.save_cursors_at = Some(Instant::now() + self.save_cursors_every);
                 }
             }
+        }
+    }
+
+    /// Writes the merged cursor advances in one store call.
+    async fn save_cursors(&mut self) {
+        self.save_cursors_at = None;
+        if self.unsaved_cursors.is_empty() {
+            return;
+        }
+        let cursors: Vec<(String, u64)> = self.unsaved_cursors.drain().collect();
+        if let Err(error) = self
+            .store
+            .advance_cursors(self.user, self.device, &cursors)
+            .await
+        {
+            // The pushes stay acknowledged here; a lost cursor only means a redelivery
+            // (dropped by the client) after the next reconnect.
+            tracing::warn!(user = %self.user, %error, "saving delivery cursors failed");
         }
     }
 

@@ -57,17 +57,34 @@ pub struct UnreadSummary {
     pub groups: Vec<UnreadCount>,
 }
 
-/// Staged messages of one group.
+/// Staged messages of one group, with when each was staged.
 struct Stage {
-    messages: Vec<Counted>,
+    messages: Vec<(Counted, Instant)>,
     since: Instant,
 }
+
+/// What flushing has done so far, for benchmarks and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct FlushStats {
+    pub flushes: u64,
+    /// Messages counted.
+    pub messages: u64,
+    /// Count increments written: one per member per flush, not one per member per message.
+    pub increments: u64,
+    /// How long the most recent staged messages waited until counted (up to
+    /// `STALENESS_SAMPLES` of them, oldest first).
+    pub staleness: Vec<Duration>,
+}
+
+/// Staleness samples kept.
+const STALENESS_SAMPLES: usize = 100_000;
 
 pub struct Unread {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     policy: FlushPolicy,
     stages: Mutex<HashMap<String, Stage>>,
+    stats: Mutex<FlushStats>,
     /// Groups to flush now (a full stage, a lagging count someone looked at).
     urgent: mpsc::UnboundedSender<String>,
 }
@@ -81,6 +98,7 @@ impl Unread {
             bus,
             policy,
             stages: Mutex::new(HashMap::new()),
+            stats: Mutex::new(FlushStats::default()),
             urgent,
         });
         tokio::spawn(flush_forever(Arc::downgrade(&unread), urgent_rx));
@@ -94,7 +112,7 @@ impl Unread {
             messages: Vec::new(),
             since: Instant::now(),
         });
-        stage.messages.push(message);
+        stage.messages.push((message, Instant::now()));
         if stage.messages.len() == self.policy.at {
             let _ = self.urgent.send(group.to_owned());
         }
@@ -113,11 +131,11 @@ impl Unread {
             if from >= to {
                 return Ok(());
             }
-            staged.retain(|m| m.seq > from && m.seq <= to);
-            staged.sort_by_key(|m| m.seq);
-            staged.dedup_by_key(|m| m.seq);
+            staged.retain(|(m, _)| m.seq > from && m.seq <= to);
+            staged.sort_by_key(|(m, _)| m.seq);
+            staged.dedup_by_key(|(m, _)| m.seq);
             let batch = if staged.len() as u64 == to - from {
-                std::mem::take(&mut staged)
+                staged.iter().map(|(m, _)| m.clone()).collect()
             } else {
                 self.read_log(group, from, to).await?
             };
@@ -128,6 +146,7 @@ impl Unread {
                 .count_unread(group, from, to, &increments)
                 .await?
             {
+                self.record(batch.len(), increments.len(), &staged);
                 self.announce(Topic::Group(group.to_owned()), group, counts)
                     .await;
                 return Ok(());
@@ -202,13 +221,14 @@ impl Unread {
         )))
     }
 
-    /// Flushes every stage older than the flush interval.
+    /// Flushes every stage that would pass the flush interval before the next tick is
+    /// done with it (a tick's margin for the flush itself).
     async fn flush_due(&self) {
         let due: Vec<String> = {
             let stages = self.stages.lock().expect("stages lock");
             stages
                 .iter()
-                .filter(|(_, s)| s.since.elapsed() >= self.policy.every)
+                .filter(|(_, s)| s.since.elapsed() + 2 * self.tick() >= self.policy.every)
                 .map(|(g, _)| g.clone())
                 .collect()
         };
@@ -225,7 +245,29 @@ impl Unread {
         }
     }
 
-    fn take_stage(&self, group: &str) -> Vec<Counted> {
+    /// What flushing has done so far.
+    pub fn stats(&self) -> FlushStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    fn record(&self, messages: usize, increments: usize, staged: &[(Counted, Instant)]) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.flushes += 1;
+        stats.messages += messages as u64;
+        stats.increments += increments as u64;
+        stats
+            .staleness
+            .extend(staged.iter().map(|(_, at)| at.elapsed()));
+        let excess = stats.staleness.len().saturating_sub(STALENESS_SAMPLES);
+        stats.staleness.drain(..excess);
+    }
+
+    /// How often the timer looks for due stages.
+    fn tick(&self) -> Duration {
+        (self.policy.every / 10).max(Duration::from_millis(10))
+    }
+
+    fn take_stage(&self, group: &str) -> Vec<(Counted, Instant)> {
         let mut stages = self.stages.lock().expect("stages lock");
         stages.remove(group).map(|s| s.messages).unwrap_or_default()
     }
@@ -345,12 +387,11 @@ impl<'a> LogPages<'a> {
 
 /// The Timer and the Flusher: flushes due stages every tick, urgent groups at once.
 async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver<String>) {
-    let every = match unread.upgrade() {
-        Some(u) => u.policy.every,
-        None => return,
+    let Some(period) = unread.upgrade().map(|u| u.tick()) else {
+        return;
     };
-    // Tick faster than the interval so a stage waits at most ~1.25 intervals.
-    let mut tick = tokio::time::interval((every / 4).max(Duration::from_millis(10)));
+    // A stage is flushed on the last tick before it turns `every` old.
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -152,6 +152,11 @@ impl TestGateway {
             .collect()
     }
 
+    /// How many unread count flushes this gateway has written.
+    pub fn unread_flushes(&self) -> u64 {
+        self.gateway().node().unread.stats().flushes
+    }
+
     /// Local connections and groups with local members, as the gateway's node sees them.
     pub fn local_counts(&self) -> (usize, usize) {
         self.gateway().node().local_counts()

@@ -17,6 +17,7 @@ use crate::bus::{Bus, BusError, Event, Topic};
 use crate::plugins::Plugins;
 use crate::session::{Publisher, Requests};
 use crate::store::{Membership, Store, StoreError};
+use crate::unread::Unread;
 
 pub type ConnId = u64;
 
@@ -144,6 +145,7 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     pub requests: Requests,
     pub plugins: Arc<Plugins>,
+    pub unread: Arc<Unread>,
     queue: usize,
     local: RwLock<LocalMap>,
     /// Serializes subscription changes so that a subscribe and an unsubscribe of the same
@@ -161,6 +163,7 @@ impl Node {
         queue: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
+            unread: publisher.unread().clone(),
             requests: Requests::new(store.clone(), bus.clone(), publisher, plugins.clone()),
             plugins,
             store,
@@ -178,6 +181,12 @@ impl Node {
             tracing::error!("bus events already taken");
             return;
         };
+        // Work addressed to this gateway: groups whose unread counts it owns.
+        let mine = Topic::Gateway(self.unread.gateway_id().to_owned());
+        if let Err(error) = self.bus.subscribe(mine).await {
+            // Only merging suffers: counts are still exact, flushed where they are looked at.
+            tracing::warn!(%error, "subscribing to this gateway's topic failed");
+        }
         while let Some(event) = events.recv().await {
             self.dispatch(event).await;
         }
@@ -307,6 +316,7 @@ impl Node {
             }
             Event::Left { group, user } => self.membership_changed(&user, &group, None).await,
             Event::Unread { group, counts } => self.notify_unread(&group, &counts),
+            Event::Uncounted { groups } => self.unread.uncounted(groups),
             Event::Resync => {
                 let local = self.local.read().expect("local map lock");
                 for (_, handle, _) in local.conns.values() {

@@ -209,3 +209,45 @@ async fn a_gateway_killed_with_staged_counts_loses_none_and_racing_flushes_doubl
     assert_counts(&bob, &[("g", 80)]).await;
     assert_counts(&alice, &[("g", true_count(&alice, "g").await)]).await;
 }
+
+#[tokio::test]
+async fn one_gateway_merges_each_groups_counts_whoever_sends() {
+    let redis = RedisServer::start().await;
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        gws.push(
+            TestGateway::start_with(|c| {
+                c.redis = Some(redis.url.clone());
+                quick(c);
+            })
+            .await,
+        );
+    }
+    // Registrations are renewed every second: let every gateway see the others.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alice = gws[0].connect("alice").await;
+    alice
+        .create_group("g", &users(&["bob", "carol"]))
+        .await
+        .unwrap();
+    let bob = gws[1].connect("bob").await;
+    let carol = gws[2].connect("carol").await;
+    for i in 0..10 {
+        for sender in [&alice, &bob, &carol] {
+            sender
+                .send("g", format!("{}-{i}", sender.user()))
+                .await
+                .unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let flushing: Vec<u64> = gws.iter().map(|g| g.unread_flushes()).collect();
+    assert_eq!(
+        flushing.iter().filter(|f| **f > 0).count(),
+        1,
+        "exactly one gateway writes g's counts: {flushing:?}"
+    );
+    for client in [&alice, &bob, &carol] {
+        assert_counts(client, &[("g", 20)]).await;
+    }
+}

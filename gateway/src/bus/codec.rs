@@ -8,6 +8,7 @@ const MESSAGE: u8 = 1;
 const JOINED: u8 = 2;
 const LEFT: u8 = 3;
 const UNREAD: u8 = 4;
+const UNCOUNTED: u8 = 5;
 
 fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_u16(s.len() as u16);
@@ -85,6 +86,13 @@ impl Event {
                     buf.put_u64(*count);
                 }
             }
+            Event::Uncounted { groups } => {
+                buf.put_u8(UNCOUNTED);
+                buf.put_u32(groups.len() as u32);
+                for group in groups {
+                    put_str(&mut buf, group);
+                }
+            }
             Event::Resync => return None,
         }
         Some(buf.freeze())
@@ -134,6 +142,13 @@ impl Event {
                     .collect::<Option<Vec<_>>>()?;
                 Event::Unread { group, counts }
             }
+            UNCOUNTED => {
+                let n = (buf.remaining() >= 4).then(|| buf.get_u32())?;
+                let groups = (0..n)
+                    .map(|_| get_str(&mut buf))
+                    .collect::<Option<Vec<_>>>()?;
+                Event::Uncounted { groups }
+            }
             LEFT => Event::Left {
                 group: get_str(&mut buf)?,
                 user: get_str(&mut buf)?,
@@ -179,6 +194,9 @@ mod tests {
             Event::Unread {
                 group: "g".into(),
                 counts: vec![("bob".into(), 3), ("carol".into(), 0)],
+            },
+            Event::Uncounted {
+                groups: vec!["g".into(), "h".into()],
             },
         ];
         for event in events {

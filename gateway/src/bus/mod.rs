@@ -21,6 +21,8 @@ pub enum Topic {
     Group(String),
     /// Membership changes concerning one user.
     User(String),
+    /// Work for one gateway (groups whose unread counts it owns).
+    Gateway(String),
 }
 
 /// What travels on the bus.
@@ -48,6 +50,8 @@ pub enum Event {
         group: String,
         counts: Vec<(String, u64)>,
     },
+    /// These groups have messages to count: sent to the gateway that owns their counts.
+    Uncounted { groups: Vec<String> },
     /// The bus lost events (a reconnect): every local connection catches up from the log.
     Resync,
 }

@@ -29,6 +29,7 @@ fn channel(topic: &Topic) -> String {
     match topic {
         Topic::Group(group) => format!("chat:{{g:{group}}}:events"),
         Topic::User(user) => format!("chat:{{u:{user}}}:events"),
+        Topic::Gateway(gateway) => format!("chat:{{gw:{gateway}}}:events"),
     }
 }
 

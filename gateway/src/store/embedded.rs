@@ -603,4 +603,13 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn live_gateways(
+        &self,
+        gateway: &str,
+        _now_ms: u64,
+        _ttl_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(vec![gateway.to_owned()])
+    }
 }

@@ -227,4 +227,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// `user`'s unread state in every group they belong to, ordered by group.
     async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError>;
+
+    /// Registers `gateway` as live until `now_ms + ttl_ms` and returns every gateway live
+    /// at `now_ms` (itself included). A single-node store knows only the caller.
+    async fn live_gateways(
+        &self,
+        gateway: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Vec<String>, StoreError>;
 }

@@ -18,6 +18,7 @@
 //! | `chat:{u:U}:groups` | hash | group → `o:JOINED` / `m:JOINED` |
 //! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
 //! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
+//! | `chat:gateways` | sorted set | live gateway ids scored by expiry: who flushes which group's unread counts |
 //!
 //! Seqs are gapless, so a page of the log is one `HMGET` of known fields.
 
@@ -232,6 +233,18 @@ if tonumber(redis.call('HGET', KEYS[1], 'counted') or '0') ~= tonumber(ARGV[4]) 
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
+"#,
+    )
+});
+
+/// KEYS: the gateway registry. ARGV: gateway, now, expiry. Renews the gateway, drops the
+/// expired, returns the live.
+static LIVE_GATEWAYS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#,
     )
 });
@@ -648,5 +661,17 @@ impl Store for RedisStore {
                 head_seq: head.unwrap_or(0),
             })
             .collect())
+    }
+
+    async fn live_gateways(
+        &self,
+        gateway: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut script = LIVE_GATEWAYS.prepare_invoke();
+        script.key("chat:gateways");
+        script.arg(gateway).arg(now_ms).arg(now_ms + ttl_ms);
+        Ok(script.invoke_async(&mut self.con()).await?)
     }
 }

@@ -1,5 +1,7 @@
 //! Unread counts with merged writes. Sending a message costs no counter write: the
-//! message is *staged* for its group. A timer flushes each group's stage every
+//! message is *staged* for its group, on the gateway that owns the group's counts
+//! ([`owners`]: rendezvous hashing over the live gateways; the others just tell the owner,
+//! once a tick, which groups got messages). A timer flushes each group's stage every
 //! `flush_ms`, and a group whose stage reaches `flush_at` messages is flushed at once;
 //! a flush collapses the stage into one `+k` per member ([`tally`]) and writes them in
 //! one atomic store step.
@@ -10,6 +12,7 @@
 //! crash lost the stage, another gateway sent them) are read from the log — so a message
 //! is counted once, whichever gateway flushes, however often it is tried.
 
+pub mod owners;
 pub mod tally;
 
 use std::collections::{HashMap, HashSet};
@@ -21,8 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::bus::{Bus, Event, Topic};
 use crate::plugins::Plugins;
-use crate::session::RequestError;
+use crate::session::{RequestError, now_ms};
 use crate::store::{Membership, PageFrom, SeqRange, Store, StoredMessage};
+use owners::Owners;
 pub use tally::Counted;
 
 /// Members read per page while flushing.
@@ -87,7 +91,14 @@ pub struct Unread {
     stats: Mutex<FlushStats>,
     /// Groups to flush now (a full stage, a lagging count someone looked at).
     urgent: mpsc::UnboundedSender<String>,
+    owners: Owners,
+    /// Groups with messages sent here but owned elsewhere, by owner: told once a tick.
+    uncounted: Mutex<HashMap<String, HashSet<String>>>,
 }
+
+/// How long a gateway's registration lasts, and how often it is renewed.
+const GATEWAY_TTL: Duration = Duration::from_secs(3);
+const GATEWAY_RENEW: Duration = Duration::from_secs(1);
 
 impl Unread {
     /// Starts the flusher (it stops when the returned `Unread` is dropped).
@@ -100,13 +111,27 @@ impl Unread {
             stages: Mutex::new(HashMap::new()),
             stats: Mutex::new(FlushStats::default()),
             urgent,
+            owners: Owners::new(format!("{:016x}", rand::random::<u64>())),
+            uncounted: Mutex::new(HashMap::new()),
         });
         tokio::spawn(flush_forever(Arc::downgrade(&unread), urgent_rx));
         unread
     }
 
-    /// A message was appended: stage it for counting.
+    /// This gateway's id among the live gateways.
+    pub fn gateway_id(&self) -> &str {
+        self.owners.me()
+    }
+
+    /// A message was appended: stage it for counting here if this gateway owns the
+    /// group's counts, else tell the owner (once per tick per group) to count it.
     pub fn stage(&self, group: &str, message: Counted) {
+        let owner = self.owners.owner(group);
+        if owner != self.owners.me() {
+            let mut uncounted = self.uncounted.lock().expect("uncounted lock");
+            uncounted.entry(owner).or_default().insert(group.to_owned());
+            return;
+        }
         let mut stages = self.stages.lock().expect("stages lock");
         let stage = stages.entry(group.to_owned()).or_insert_with(|| Stage {
             messages: Vec::new(),
@@ -219,6 +244,44 @@ impl Unread {
         Err(RequestError::Store(crate::store::StoreError::Unavailable(
             format!("marking {group} read kept racing another writer"),
         )))
+    }
+
+    /// Another gateway sent messages to groups this one counts: stage them (empty, so the
+    /// flush reads them from the log).
+    pub fn uncounted(&self, groups: Vec<String>) {
+        let mut stages = self.stages.lock().expect("stages lock");
+        for group in groups {
+            stages.entry(group).or_insert_with(|| Stage {
+                messages: Vec::new(),
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Tells each owner which of its groups got messages here since the last tick.
+    async fn forward_uncounted(&self) {
+        let by_owner = std::mem::take(&mut *self.uncounted.lock().expect("uncounted lock"));
+        for (owner, groups) in by_owner {
+            let event = Event::Uncounted {
+                groups: groups.into_iter().collect(),
+            };
+            if let Err(error) = self.bus.publish(Topic::Gateway(owner), event).await {
+                // Counted later from the log: the next message or look at the counts.
+                tracing::debug!(%error, "telling a group's counter failed");
+            }
+        }
+    }
+
+    /// Renews this gateway's registration and learns who else is live.
+    async fn renew(&self) {
+        match self
+            .store
+            .live_gateways(self.owners.me(), now_ms(), GATEWAY_TTL.as_millis() as u64)
+            .await
+        {
+            Ok(live) => self.owners.set_live(live),
+            Err(error) => tracing::debug!(%error, "renewing the gateway registration failed"),
+        }
     }
 
     /// Flushes every stage that would pass the flush interval before the next tick is
@@ -393,11 +456,18 @@ async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver
     // A stage is flushed on the last tick before it turns `every` old.
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew = tokio::time::interval(GATEWAY_RENEW);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let Some(unread) = unread.upgrade() else { return };
+                unread.forward_uncounted().await;
                 unread.flush_due().await;
+            }
+            _ = renew.tick() => {
+                let Some(unread) = unread.upgrade() else { return };
+                unread.renew().await;
             }
             group = urgent.recv() => {
                 let (Some(group), Some(unread)) = (group, unread.upgrade()) else { return };

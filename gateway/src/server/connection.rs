@@ -1,6 +1,7 @@
 //! One client connection: handshake (Hello → Welcome), then the control loop answering
 //! requests, alongside the pusher writing the push stream.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,6 +200,15 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .cursors(&user, &device)
             .await
             .map_err(|e| unavailable(&e))?;
+        // Read after subscribing: anything newer arrives live, or as a gap caught up later.
+        let heads: HashMap<String, u64> = node
+            .store
+            .conversations(&user)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .into_iter()
+            .map(|(m, info)| (m.group, info.head_seq))
+            .collect();
         let policies = node.plugins.ack_policies(&user, &device).await;
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
@@ -213,7 +223,7 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
         let push_stream = connection.open_uni().await.map_err(|_| gone())?;
         let control_tx = attached.control_tx.clone();
         let pusher = pusher::Pusher::new(
-            shared, &user, &device, &groups, &cursors, policies, attached,
+            shared, &user, &device, &groups, &cursors, &heads, policies, attached,
         )
         .run(push_stream);
         tokio::pin!(pusher);

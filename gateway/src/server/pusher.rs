@@ -54,6 +54,7 @@ impl<'a> Pusher<'a> {
         device: &'a str,
         groups: &[Membership],
         cursors: &[(String, u64)],
+        heads: &HashMap<String, u64>,
         (live, catch_up): (AckPolicy, AckPolicy),
         attached: Attached,
     ) -> Self {
@@ -66,7 +67,12 @@ impl<'a> Pusher<'a> {
                 .copied()
                 .unwrap_or(0)
                 .max(m.joined_seq);
-            delivery.join(&m.group, after);
+            // Read only the logs that hold something new: one head read per connect
+            // instead of one log read per group.
+            match heads.get(&m.group) {
+                Some(&head) if head <= after => delivery.join_current(&m.group, after),
+                _ => delivery.join(&m.group, after),
+            }
         }
         Self {
             store: shared.node.store.as_ref(),

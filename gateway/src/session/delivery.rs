@@ -78,6 +78,13 @@ impl Delivery {
         self.behind.insert(group.to_owned());
     }
 
+    /// Starts delivering `group` after `after`, known to be its head: nothing to catch up
+    /// (a later gap still marks it behind).
+    pub fn join_current(&mut self, group: &str, after: u64) {
+        self.join(group, after);
+        self.behind.remove(group);
+    }
+
     /// Stops delivering `group`: nothing more is sent or retransmitted.
     pub fn leave(&mut self, group: &str) {
         if let Some(state) = self.groups.remove(group) {
@@ -256,6 +263,19 @@ mod tests {
         assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Duplicate);
         assert_eq!(d.offer("other", 1, &push(1), false, now), Offer::NotMember);
         assert_eq!(d.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_group_joined_at_its_head_needs_no_catch_up_until_a_gap() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join_current("quiet", 9);
+        d.join("news", 3);
+        assert_eq!(d.take_behind(), vec!["news".to_string()]);
+        assert_eq!(d.offer("quiet", 10, &push(10), false, now), Offer::Send);
+        // A message that slipped in before the live one: caught up from the log.
+        assert_eq!(d.offer("quiet", 12, &push(12), false, now), Offer::Behind);
+        assert_eq!(d.take_behind(), vec!["quiet".to_string()]);
     }
 
     #[test]

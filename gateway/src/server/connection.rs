@@ -209,6 +209,11 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .into_iter()
             .map(|(m, info)| (m.group, info.head_seq))
             .collect();
+        let resume = pusher::Resume {
+            groups,
+            cursors,
+            heads,
+        };
         let policies = node.plugins.ack_policies(&user, &device).await;
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
@@ -222,10 +227,8 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             .map_err(|_| gone())?;
         let push_stream = connection.open_uni().await.map_err(|_| gone())?;
         let control_tx = attached.control_tx.clone();
-        let pusher = pusher::Pusher::new(
-            shared, &user, &device, &groups, &cursors, &heads, policies, attached,
-        )
-        .run(push_stream);
+        let pusher = pusher::Pusher::new(shared, &user, &device, &resume, policies, attached)
+            .run(push_stream);
         tokio::pin!(pusher);
         tokio::select! {
             result = control_loop(shared, &user, send, recv, decoder, control_tx.clone()) => {

@@ -28,6 +28,14 @@ const CATCH_UP_PAGE: usize = 256;
 /// Wait before retrying a catch-up after the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// Where a new connection's delivery starts: the user's groups, this device's cursors,
+/// and each group's head.
+pub(crate) struct Resume {
+    pub groups: Vec<Membership>,
+    pub cursors: Vec<(String, u64)>,
+    pub heads: HashMap<String, u64>,
+}
+
 pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
     plugins: &'a Plugins,
@@ -52,15 +60,17 @@ impl<'a> Pusher<'a> {
         shared: &'a Shared,
         user: &'a str,
         device: &'a str,
-        groups: &[Membership],
-        cursors: &[(String, u64)],
-        heads: &HashMap<String, u64>,
+        resume: &Resume,
         (live, catch_up): (AckPolicy, AckPolicy),
         attached: Attached,
     ) -> Self {
         let mut delivery = Delivery::new(live, catch_up, shared.config.delivery.window);
-        let cursors: HashMap<&str, u64> = cursors.iter().map(|(g, s)| (g.as_str(), *s)).collect();
-        for m in groups {
+        let cursors: HashMap<&str, u64> = resume
+            .cursors
+            .iter()
+            .map(|(g, s)| (g.as_str(), *s))
+            .collect();
+        for m in &resume.groups {
             // Resume after what this device acknowledged, never before the join watermark.
             let after = cursors
                 .get(m.group.as_str())
@@ -69,7 +79,7 @@ impl<'a> Pusher<'a> {
                 .max(m.joined_seq);
             // Read only the logs that hold something new: one head read per connect
             // instead of one log read per group.
-            match heads.get(&m.group) {
+            match resume.heads.get(&m.group) {
                 Some(&head) if head <= after => delivery.join_current(&m.group, after),
                 _ => delivery.join(&m.group, after),
             }

@@ -15,7 +15,7 @@
 pub mod owners;
 pub mod tally;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,54 @@ pub struct UnreadSummary {
 /// Staged messages of one group, with when each was staged.
 struct Stage {
     messages: Vec<(Counted, Instant)>,
-    since: Instant,
+    due: Instant,
+}
+
+/// The staged groups, and when each is due.
+#[derive(Default)]
+struct Stages {
+    by_group: HashMap<String, Stage>,
+    /// (due, group), earliest first.
+    due: BTreeSet<(Instant, String)>,
+}
+
+impl Stages {
+    /// `group`'s stage, started (due after `wait`) if it had none.
+    fn open(&mut self, group: &str, wait: Duration) -> &mut Stage {
+        if !self.by_group.contains_key(group) {
+            let due = Instant::now() + wait;
+            self.due.insert((due, group.to_owned()));
+            self.by_group.insert(
+                group.to_owned(),
+                Stage {
+                    messages: Vec::new(),
+                    due,
+                },
+            );
+        }
+        self.by_group.get_mut(group).expect("just opened")
+    }
+
+    fn take(&mut self, group: &str) -> Vec<(Counted, Instant)> {
+        let Some(stage) = self.by_group.remove(group) else {
+            return Vec::new();
+        };
+        self.due.remove(&(stage.due, group.to_owned()));
+        stage.messages
+    }
+
+    /// The groups due by `now`, earliest first.
+    fn due_by(&self, now: Instant) -> Vec<String> {
+        self.due
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .map(|(_, group)| group.clone())
+            .collect()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.first().map(|(due, _)| *due)
+    }
 }
 
 /// What flushing has done so far, for benchmarks and metrics.
@@ -87,7 +134,7 @@ pub struct Unread {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     policy: FlushPolicy,
-    stages: Mutex<HashMap<String, Stage>>,
+    stages: Mutex<Stages>,
     stats: Mutex<FlushStats>,
     /// Groups to flush now (a full stage, a lagging count someone looked at).
     urgent: mpsc::UnboundedSender<String>,
@@ -108,7 +155,7 @@ impl Unread {
             store,
             bus,
             policy,
-            stages: Mutex::new(HashMap::new()),
+            stages: Mutex::new(Stages::default()),
             stats: Mutex::new(FlushStats::default()),
             urgent,
             owners: Owners::new(format!("{:016x}", rand::random::<u64>())),
@@ -133,10 +180,7 @@ impl Unread {
             return;
         }
         let mut stages = self.stages.lock().expect("stages lock");
-        let stage = stages.entry(group.to_owned()).or_insert_with(|| Stage {
-            messages: Vec::new(),
-            since: Instant::now(),
-        });
+        let stage = stages.open(group, self.wait());
         stage.messages.push((message, Instant::now()));
         if stage.messages.len() == self.policy.at {
             let _ = self.urgent.send(group.to_owned());
@@ -251,10 +295,7 @@ impl Unread {
     pub fn uncounted(&self, groups: Vec<String>) {
         let mut stages = self.stages.lock().expect("stages lock");
         for group in groups {
-            stages.entry(group).or_insert_with(|| Stage {
-                messages: Vec::new(),
-                since: Instant::now(),
-            });
+            stages.open(&group, self.wait());
         }
     }
 
@@ -284,20 +325,26 @@ impl Unread {
         }
     }
 
-    /// Flushes every stage that would pass the flush interval before the next tick is
-    /// done with it (a tick's margin for the flush itself).
+    /// Flushes the stages that are due.
     async fn flush_due(&self) {
-        let due: Vec<String> = {
-            let stages = self.stages.lock().expect("stages lock");
-            stages
-                .iter()
-                .filter(|(_, s)| s.since.elapsed() + 2 * self.tick() >= self.policy.every)
-                .map(|(g, _)| g.clone())
-                .collect()
-        };
+        let due = self
+            .stages
+            .lock()
+            .expect("stages lock")
+            .due_by(Instant::now());
         for group in due {
             self.flush_logged(&group).await;
         }
+    }
+
+    /// How long a stage waits before it is flushed: the interval, less a margin for the
+    /// flush itself, so no count is older than the interval when it lands.
+    fn wait(&self) -> Duration {
+        self.policy.every - self.policy.every / 20
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.stages.lock().expect("stages lock").next_due()
     }
 
     async fn flush_logged(&self, group: &str) {
@@ -331,12 +378,15 @@ impl Unread {
     }
 
     fn take_stage(&self, group: &str) -> Vec<(Counted, Instant)> {
-        let mut stages = self.stages.lock().expect("stages lock");
-        stages.remove(group).map(|s| s.messages).unwrap_or_default()
+        self.stages.lock().expect("stages lock").take(group)
     }
 
     fn is_staged(&self, group: &str) -> bool {
-        self.stages.lock().expect("stages lock").contains_key(group)
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .by_group
+            .contains_key(group)
     }
 
     async fn announce(&self, topic: Topic, group: &str, counts: Vec<(String, u64)>) {
@@ -448,19 +498,21 @@ impl<'a> LogPages<'a> {
     }
 }
 
-/// The Timer and the Flusher: flushes due stages every tick, urgent groups at once.
+/// The Timer and the Flusher: flushes each stage when due, urgent groups at once.
 async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver<String>) {
-    let Some(period) = unread.upgrade().map(|u| u.tick()) else {
-        return;
-    };
-    // A stage is flushed on the last tick before it turns `every` old.
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew = tokio::time::interval(GATEWAY_RENEW);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Wake for the earliest stage, and at least every tick for forwarding and for
+        // stages opened meanwhile.
+        let Some(wake) = unread.upgrade().map(|u| {
+            let tick = tokio::time::Instant::now() + u.tick();
+            u.next_due().map_or(tick, |due| tick.min(due.into()))
+        }) else {
+            return;
+        };
         tokio::select! {
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(wake) => {
                 let Some(unread) = unread.upgrade() else { return };
                 unread.forward_uncounted().await;
                 unread.flush_due().await;

@@ -315,6 +315,8 @@ async fn unread_counting(store: &dyn Store) {
     let bob = store.unread("bob").await.unwrap();
     let state = bob.iter().find(|s| s.group == "u").unwrap();
     assert_eq!((state.count, state.read_seq), (1, 2));
+    assert_eq!(store.read_marker("u", "bob").await.unwrap(), 2);
+    assert_eq!(store.read_marker("u", "alice").await.unwrap(), 0);
     // Alice has no count yet: zero, in every group she is in.
     assert!(
         store

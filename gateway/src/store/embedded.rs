@@ -612,4 +612,16 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<String>, StoreError> {
         Ok(vec![gateway.to_owned()])
     }
+
+    async fn read_marker(&self, group: &str, user: &str) -> Result<u64, StoreError> {
+        let (group, user) = (group.to_owned(), user.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let unread = tx.open_table(UNREAD)?;
+            Ok(unread
+                .get((group.as_str(), user.as_str()))?
+                .map_or(0, |v| v.value().1))
+        })
+        .await
+    }
 }

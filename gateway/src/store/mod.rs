@@ -228,6 +228,9 @@ pub trait Store: Send + Sync + 'static {
     /// `user`'s unread state in every group they belong to, ordered by group.
     async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError>;
 
+    /// `user`'s read marker in `group` (0 if none).
+    async fn read_marker(&self, group: &str, user: &str) -> Result<u64, StoreError>;
+
     /// Registers `gateway` as live until `now_ms + ttl_ms` and returns every gateway live
     /// at `now_ms` (itself included). A single-node store knows only the caller.
     async fn live_gateways(

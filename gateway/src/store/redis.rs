@@ -674,4 +674,9 @@ impl Store for RedisStore {
         script.arg(gateway).arg(now_ms).arg(now_ms + ttl_ms);
         Ok(script.invoke_async(&mut self.con()).await?)
     }
+
+    async fn read_marker(&self, group: &str, user: &str) -> Result<u64, StoreError> {
+        let marker: Option<u64> = self.con().hget(group_key(group, "read"), user).await?;
+        Ok(marker.unwrap_or(0))
+    }
 }

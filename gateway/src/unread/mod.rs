@@ -453,13 +453,7 @@ impl Unread {
     }
 
     async fn read_marker(&self, user: &str, group: &str) -> Result<u64, RequestError> {
-        Ok(self
-            .store
-            .unread(user)
-            .await?
-            .into_iter()
-            .find(|s| s.group == group)
-            .map_or(0, |s| s.read_seq))
+        Ok(self.store.read_marker(group, user).await?)
     }
 }
 

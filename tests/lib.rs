@@ -157,6 +157,11 @@ impl TestGateway {
         self.gateway().node().unread.stats().flushes
     }
 
+    /// How many messages this gateway has counted in unread counts (and offline buffers).
+    pub fn unread_counted(&self) -> u64 {
+        self.gateway().node().unread.stats().messages
+    }
+
     /// Local connections and groups with local members, as the gateway's node sees them.
     pub fn local_counts(&self) -> (usize, usize) {
         self.gateway().node().local_counts()

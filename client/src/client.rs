@@ -15,8 +15,8 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::acks::AckBatcher;
 use crate::dedup::Dedup;
-use crate::session::{self, FINISH_TIMEOUT, Shared, WriteCmd};
-use crate::{ClientError, ConnectOptions, Sent, UnreadCounts};
+use crate::session::{self, FINISH_TIMEOUT, PushSinks, Shared, WriteCmd};
+use crate::{ClientError, ConnectOptions, Sent, Skipped, UnreadCounts};
 
 /// QUIC handshake plus Hello/Welcome; keep-alives would otherwise let a mute gateway hang us.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,16 +60,10 @@ struct Inner {
     inbox: Mutex<mpsc::Receiver<Message>>,
     /// `UnreadChanged` pushes, across connections.
     unread_changes: Mutex<mpsc::UnboundedReceiver<Vec<UnreadCount>>>,
+    /// `Skipped` notices, across connections.
+    skipped: Mutex<mpsc::UnboundedReceiver<Skipped>>,
     next_id: AtomicU32,
     closing: AtomicBool,
-}
-
-/// Where every connection's push stream delivers, so the application's queues outlive
-/// a reconnect.
-#[derive(Clone)]
-struct PushSinks {
-    inbox: mpsc::Sender<Message>,
-    unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
 }
 
 /// One QUIC connection and the tasks serving it.
@@ -101,9 +95,11 @@ impl Client {
         let dedup = Arc::new(StdMutex::new(Dedup::default()));
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let (unread_tx, unread_changes) = mpsc::unbounded_channel();
+        let (skipped_tx, skipped) = mpsc::unbounded_channel();
         let pushes = PushSinks {
             inbox: inbox_tx,
             unread: unread_tx,
+            skipped: skipped_tx,
         };
         let servers = if opts.reconnect {
             opts.servers()
@@ -134,6 +130,7 @@ impl Client {
             dedup,
             inbox: Mutex::new(inbox),
             unread_changes: Mutex::new(unread_changes),
+            skipped: Mutex::new(skipped),
             next_id: AtomicU32::new(1),
             closing: AtomicBool::new(false),
             opts,
@@ -324,6 +321,17 @@ impl Client {
     pub async fn next_unread_change(&self, wait: Duration) -> Option<Vec<UnreadCount>> {
         let mut changes = self.inner.unread_changes.lock().await;
         tokio::time::timeout(wait, changes.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next `Skipped` notice: on connect the device was too far behind in a group,
+    /// and the gateway pushes only the newest messages; the skipped range is for the
+    /// application to fetch with [`Client::history`] if (and when) it wants it.
+    pub async fn next_skipped(&self, wait: Duration) -> Option<Skipped> {
+        let mut skipped = self.inner.skipped.lock().await;
+        tokio::time::timeout(wait, skipped.recv())
             .await
             .ok()
             .flatten()
@@ -586,12 +594,7 @@ async fn open_link(
         recv,
         decoder,
     ));
-    tokio::spawn(session::push_reader(
-        shared.clone(),
-        conn.clone(),
-        pushes.inbox,
-        pushes.unread,
-    ));
+    tokio::spawn(session::push_reader(shared.clone(), conn.clone(), pushes));
     tokio::spawn(session::ack_flusher(
         shared.clone(),
         writer.clone(),

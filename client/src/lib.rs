@@ -108,6 +108,15 @@ pub struct UnreadCounts {
     pub groups: Vec<UnreadCount>,
 }
 
+/// Messages `first..=last` of `group` the gateway did not push on connect because the
+/// device was too far behind: fetch them with [`Client::history`] if needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub group: String,
+    pub first: u64,
+    pub last: u64,
+}
+
 /// The gateway's acceptance of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {

@@ -12,9 +12,9 @@ use chat_protocol::{DecodeError, ErrorCode, Frame, FrameDecoder, Message, Unread
 use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ClientError;
 use crate::acks::{AckBatcher, AckClass, ack_frames};
 use crate::dedup::Dedup;
+use crate::{ClientError, Skipped};
 
 /// How long to wait for the gateway's close after it ended a stream, to learn why.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -321,14 +321,27 @@ fn is_response(frame: &Frame) -> bool {
     )
 }
 
+/// Where every connection's push stream delivers, so the application's queues outlive
+/// a reconnect.
+#[derive(Clone)]
+pub(crate) struct PushSinks {
+    pub inbox: mpsc::Sender<Message>,
+    pub unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
+    pub skipped: mpsc::UnboundedSender<Skipped>,
+}
+
 /// Accepts the gateway's push stream and queues its new pushes for the application.
 /// Ends (closing the queue) when the stream or the connection does.
 pub(crate) async fn push_reader(
     shared: std::sync::Arc<Shared>,
     conn: Connection,
-    inbox: mpsc::Sender<Message>,
-    unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
+    sinks: PushSinks,
 ) {
+    let PushSinks {
+        inbox,
+        unread,
+        skipped,
+    } = sinks;
     let mut recv = match conn.accept_uni().await {
         Ok(recv) => recv,
         Err(e) => {
@@ -350,6 +363,9 @@ pub(crate) async fn push_reader(
             }
             Ok(Some(Frame::UnreadChanged { groups })) => {
                 let _ = unread.send(groups);
+            }
+            Ok(Some(Frame::Skipped { group, first, last })) => {
+                let _ = skipped.send(Skipped { group, first, last });
             }
             Ok(Some(other)) => {
                 let what = format!(

@@ -46,6 +46,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub transport: TransportConfig,
     pub unread: UnreadConfig,
+    pub offline: OfflineConfig,
     /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
     /// ack-batching; `plugins = []` runs none.
     pub plugins: Option<Vec<PluginSpec>>,
@@ -106,6 +107,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             transport: TransportConfig::default(),
             unread: UnreadConfig::default(),
+            offline: OfflineConfig::default(),
             plugins: None,
         }
     }
@@ -130,11 +132,33 @@ impl Default for UnreadConfig {
     }
 }
 
-impl UnreadConfig {
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Groups kept in each user's offline buffer (references only). Past it the oldest
+    /// are evicted and a device that may have missed them reads every group's head.
+    pub capacity: usize,
+    /// Most messages of one group pushed to a device on connect; the older ones are
+    /// announced with `Skipped` for the client to fetch from history.
+    pub max_catch_up: u64,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        Self {
+            capacity: FlushPolicy::default().offline_capacity,
+            max_catch_up: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// When staged unread counts and offline references are written.
     pub fn flush_policy(&self) -> FlushPolicy {
         FlushPolicy {
-            every: Duration::from_millis(self.flush_ms),
-            at: self.flush_at,
+            every: Duration::from_millis(self.unread.flush_ms),
+            at: self.unread.flush_at,
+            offline_capacity: self.offline.capacity,
         }
     }
 }
@@ -239,6 +263,11 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together".into(),
+            ));
+        }
+        if self.offline.capacity == 0 || self.offline.max_catch_up == 0 {
+            return Err(ConfigError::Invalid(
+                "offline.capacity and offline.max_catch_up must be at least 1".into(),
             ));
         }
         if self.unread.flush_ms == 0 || self.unread.flush_at == 0 {

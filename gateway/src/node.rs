@@ -68,6 +68,12 @@ pub enum Control {
     Resync,
     /// A frame for the push stream outside the delivery window (e.g. `UnreadChanged`).
     Notice(Bytes),
+    /// The group's messages up to `seq` are counted (and in offline buffers): one the
+    /// connection has not had is caught up from the log.
+    Counted {
+        group: String,
+        seq: u64,
+    },
 }
 
 /// What the node keeps of a local connection.
@@ -315,7 +321,14 @@ impl Node {
                     .await
             }
             Event::Left { group, user } => self.membership_changed(&user, &group, None).await,
-            Event::Unread { group, counts } => self.notify_unread(&group, &counts),
+            Event::Unread {
+                group,
+                counted,
+                counts,
+            } => {
+                self.notify_counted(&group, counted);
+                self.notify_unread(&group, &counts);
+            }
             Event::Uncounted { groups } => self.unread.uncounted(groups),
             Event::Resync => {
                 let local = self.local.read().expect("local map lock");
@@ -380,6 +393,22 @@ impl Node {
             if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
                 handle.lagged.store(true, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Tells every local connection in `group` how far it is counted: a device that
+    /// connected between a send and its flush found no reference to it in its offline
+    /// buffer, and learns of it here (one control message per connection per flush).
+    fn notify_counted(&self, group: &str, seq: u64) {
+        let local = self.local.read().expect("local map lock");
+        let Some(conns) = local.groups.get(group) else {
+            return;
+        };
+        for handle in conns.values() {
+            let _ = handle.control.send(Control::Counted {
+                group: group.to_owned(),
+                seq,
+            });
         }
     }
 

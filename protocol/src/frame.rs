@@ -225,6 +225,13 @@ pub enum Frame {
     UnreadChanged {
         groups: Vec<UnreadCount>,
     },
+    /// The device was too far behind in `group` on connect: messages `first..=last` are
+    /// not pushed (pushes go on from `last + 1`); fetch them with `History` if needed.
+    Skipped {
+        group: String,
+        first: u64,
+        last: u64,
+    },
 }
 
 /// The type byte of each frame.
@@ -255,10 +262,11 @@ pub enum FrameType {
     Error = 0x3F,
     Push = 0x40,
     UnreadChanged = 0x41,
+    Skipped = 0x42,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 24] = [
+    const ALL: [FrameType; 25] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::CreateGroup,
@@ -283,6 +291,7 @@ impl FrameType {
         FrameType::Error,
         FrameType::Push,
         FrameType::UnreadChanged,
+        FrameType::Skipped,
     ];
 
     pub fn from_byte(byte: u8) -> Option<FrameType> {
@@ -315,6 +324,7 @@ impl FrameType {
             FrameType::Error => "Error",
             FrameType::Push => "Push",
             FrameType::UnreadChanged => "UnreadChanged",
+            FrameType::Skipped => "Skipped",
         }
     }
 }
@@ -404,6 +414,7 @@ impl Frame {
             Frame::Error { .. } => FrameType::Error,
             Frame::Push { .. } => FrameType::Push,
             Frame::UnreadChanged { .. } => FrameType::UnreadChanged,
+            Frame::Skipped { .. } => FrameType::Skipped,
         }
     }
 
@@ -433,7 +444,8 @@ impl Frame {
             | Frame::Welcome { .. }
             | Frame::Ack { .. }
             | Frame::Push { .. }
-            | Frame::UnreadChanged { .. } => None,
+            | Frame::UnreadChanged { .. }
+            | Frame::Skipped { .. } => None,
         }
     }
 
@@ -530,6 +542,9 @@ impl Frame {
             }
             Frame::UnreadChanged { groups } => {
                 w.list(groups, write_unread);
+            }
+            Frame::Skipped { group, first, last } => {
+                w.str(group).u64(*first).u64(*last);
             }
             Frame::Ack { ranges } => {
                 w.list(ranges, |w, r| {
@@ -673,6 +688,11 @@ impl Frame {
             },
             FrameType::UnreadChanged => Frame::UnreadChanged {
                 groups: r.list(read_unread)?,
+            },
+            FrameType::Skipped => Frame::Skipped {
+                group: r.str()?,
+                first: r.u64()?,
+                last: r.u64()?,
             },
             FrameType::Ack => Frame::Ack {
                 ranges: r.list(|r| {

@@ -166,6 +166,11 @@ fn every_frame() -> Vec<Frame> {
                 count: 0,
             }],
         },
+        Frame::Skipped {
+            group: "g2".into(),
+            first: 4,
+            last: 1003,
+        },
     ]
 }
 

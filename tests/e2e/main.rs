@@ -8,6 +8,7 @@ mod delivery;
 mod groups;
 mod history;
 mod messaging;
+mod offline;
 mod plugins;
 mod scale_out;
 mod store;

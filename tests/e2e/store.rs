@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chat_gateway::redis_target::RedisTarget;
 use chat_gateway::store::{
-    EmbeddedStore, NewMessage, PageFrom, RedisStore, SeqRange, Store, StoreError,
+    EmbeddedStore, NewMessage, OfflineBuffer, PageFrom, RedisStore, SeqRange, Store, StoreError,
 };
 use chat_tests::{RedisCluster, RedisServer};
 
@@ -328,11 +328,52 @@ async fn unread_counting(store: &dyn Store) {
     );
 }
 
+async fn offline_buffers(store: &dyn Store) {
+    let empty = store.offline("olga", "phone").await.unwrap();
+    assert_eq!(empty, OfflineBuffer::default());
+    assert!(empty.covers_device());
+    let refs = |seq| vec![("olga".to_string(), seq), ("oscar".to_string(), seq)];
+    store.buffer_offline("o1", &refs(3), 2).await.unwrap();
+    store.buffer_offline("o2", &refs(1), 2).await.unwrap();
+    // A newer reference replaces the group's entry; an older one never lowers it.
+    store.buffer_offline("o1", &refs(5), 2).await.unwrap();
+    store.buffer_offline("o1", &refs(4), 2).await.unwrap();
+    let mut buffer = store.offline("olga", "phone").await.unwrap();
+    buffer.entries.sort();
+    assert_eq!(
+        buffer,
+        OfflineBuffer {
+            entries: vec![("o1".into(), 5), ("o2".into(), 1)],
+            head: 4,
+            evicted: 0,
+            synced: 0,
+        }
+    );
+    // Past the capacity the least recently written group goes (o2, at position 2), and
+    // a device synced before that cannot trust the buffer any more.
+    store.buffer_offline("o3", &refs(9), 2).await.unwrap();
+    let mut buffer = store.offline("olga", "phone").await.unwrap();
+    buffer.entries.sort();
+    assert_eq!(buffer.entries, vec![("o1".into(), 5), ("o3".into(), 9)]);
+    assert_eq!((buffer.head, buffer.evicted), (5, 2));
+    assert!(!buffer.covers_device());
+    // Sync points are per device and only move forward.
+    store.offline_synced("olga", "phone", 5).await.unwrap();
+    store.offline_synced("olga", "phone", 3).await.unwrap();
+    let phone = store.offline("olga", "phone").await.unwrap();
+    assert_eq!(phone.synced, 5);
+    assert!(phone.covers_device());
+    assert_eq!(store.offline("olga", "laptop").await.unwrap().synced, 0);
+    // Each user has their own buffer.
+    assert_eq!(store.offline("oscar", "phone").await.unwrap().synced, 0);
+}
+
 async fn suite(store: Arc<dyn Store>) {
     groups_and_members(store.as_ref()).await;
     the_log(store.as_ref()).await;
     private_messages_and_cursors(store.as_ref()).await;
     unread_counting(store.as_ref()).await;
+    offline_buffers(store.as_ref()).await;
 }
 
 #[tokio::test]

@@ -77,9 +77,14 @@ impl Event {
                 put_str(&mut buf, group);
                 put_str(&mut buf, user);
             }
-            Event::Unread { group, counts } => {
+            Event::Unread {
+                group,
+                counted,
+                counts,
+            } => {
                 buf.put_u8(UNREAD);
                 put_str(&mut buf, group);
+                buf.put_u64(*counted);
                 buf.put_u32(counts.len() as u32);
                 for (user, count) in counts {
                     put_str(&mut buf, user);
@@ -136,11 +141,16 @@ impl Event {
             },
             UNREAD => {
                 let group = get_str(&mut buf)?;
+                let counted = get_u64(&mut buf)?;
                 let n = (buf.remaining() >= 4).then(|| buf.get_u32())?;
                 let counts = (0..n)
                     .map(|_| Some((get_str(&mut buf)?, get_u64(&mut buf)?)))
                     .collect::<Option<Vec<_>>>()?;
-                Event::Unread { group, counts }
+                Event::Unread {
+                    group,
+                    counted,
+                    counts,
+                }
             }
             UNCOUNTED => {
                 let n = (buf.remaining() >= 4).then(|| buf.get_u32())?;
@@ -193,6 +203,7 @@ mod tests {
             },
             Event::Unread {
                 group: "g".into(),
+                counted: 12,
                 counts: vec![("bob".into(), 3), ("carol".into(), 0)],
             },
             Event::Uncounted {
@@ -206,7 +217,12 @@ mod tests {
         assert!(Event::decode(Bytes::from_static(b"\x01\x00")).is_none());
         assert!(Event::decode(Bytes::from_static(b"\x09")).is_none());
         // A count list longer than the bytes that follow.
-        assert!(Event::decode(Bytes::from_static(b"\x04\x00\x01g\xff\xff\xff\xff")).is_none());
+        assert!(
+            Event::decode(Bytes::from_static(
+                b"\x04\x00\x01g\0\0\0\0\0\0\0\x0c\xff\xff\xff\xff"
+            ))
+            .is_none()
+        );
         assert!(Event::Resync.encode().is_none());
     }
 }

@@ -45,9 +45,11 @@ pub enum Event {
     },
     /// `user` left or was removed from `group`.
     Left { group: String, user: String },
-    /// New unread counts of `group` for these users (a flush, or one user's read marker).
+    /// New unread counts of `group` for these users (a flush, or one user's read marker);
+    /// the group is counted, and in its members' offline buffers, up to `counted`.
     Unread {
         group: String,
+        counted: u64,
         counts: Vec<(String, u64)>,
     },
     /// These groups have messages to count: sent to the gateway that owns their counts.

@@ -1,7 +1,6 @@
 //! One client connection: handshake (Hello → Welcome), then the control loop answering
 //! requests, alongside the pusher writing the push stream.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{Shared, pusher};
 use crate::node::Control;
+use crate::store::{Membership, Store, StoreError};
 
 /// How long a leaving connection's last ACKs may take to apply.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
@@ -179,6 +179,38 @@ async fn handshake(connection: &Connection, shared: &Shared) -> Result<Session, 
     })
 }
 
+/// Where this device's delivery starts. Read after subscribing: anything newer arrives
+/// live, or as a gap caught up later.
+///
+/// The offline buffer names the groups that got messages for the user: one read instead
+/// of one head per group. When it evicted entries this device may not have had, every
+/// group's head is read instead (the buffer position is read first, so the heads cover it).
+async fn resume(
+    store: &dyn Store,
+    user: &str,
+    device: &str,
+    groups: Vec<Membership>,
+) -> Result<pusher::Resume, StoreError> {
+    let cursors = store.cursors(user, device).await?;
+    let buffer = store.offline(user, device).await?;
+    let latest = if buffer.covers_device() {
+        buffer.entries.into_iter().collect()
+    } else {
+        store
+            .conversations(user)
+            .await?
+            .into_iter()
+            .map(|(m, info)| (m.group, info.head_seq))
+            .collect()
+    };
+    Ok(pusher::Resume {
+        groups,
+        cursors,
+        latest,
+        position: buffer.head,
+    })
+}
+
 /// Registers the connection, welcomes it and runs it until it ends.
 async fn run(connection: &Connection, shared: &Shared, session: Session) -> Result<(), Refusal> {
     let Session {
@@ -195,25 +227,9 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
     let (attached, groups) = node.attach(&user).await.map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
-        let cursors = node
-            .store
-            .cursors(&user, &device)
+        let resume = resume(node.store.as_ref(), &user, &device, groups)
             .await
             .map_err(|e| unavailable(&e))?;
-        // Read after subscribing: anything newer arrives live, or as a gap caught up later.
-        let heads: HashMap<String, u64> = node
-            .store
-            .conversations(&user)
-            .await
-            .map_err(|e| unavailable(&e))?
-            .into_iter()
-            .map(|(m, info)| (m.group, info.head_seq))
-            .collect();
-        let resume = pusher::Resume {
-            groups,
-            cursors,
-            heads,
-        };
         let policies = node.plugins.ack_policies(&user, &device).await;
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,

@@ -82,7 +82,7 @@ impl Gateway {
                 Arc::new(LocalBus::new()),
             ),
         };
-        let unread = Unread::start(store.clone(), bus.clone(), config.unread.flush_policy());
+        let unread = Unread::start(store.clone(), bus.clone(), config.flush_policy());
         let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
         let default_ack = (
             config.delivery.ack_policy(),

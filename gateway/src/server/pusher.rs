@@ -1,13 +1,13 @@
 //! Writes the push stream of one connection: live pushes from the node, catch-up from the
 //! log, retransmits, all through the connection's [`Delivery`] state machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_protocol::{AckPolicy, ErrorCode, Message, encode_push};
+use chat_protocol::{AckPolicy, ErrorCode, Frame, Message, encode_push};
 use quinn::SendStream;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -29,11 +29,15 @@ const CATCH_UP_PAGE: usize = 256;
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a new connection's delivery starts: the user's groups, this device's cursors,
-/// and each group's head.
+/// and the latest seq of each group that may hold something new for it.
 pub(crate) struct Resume {
     pub groups: Vec<Membership>,
     pub cursors: Vec<(String, u64)>,
-    pub heads: HashMap<String, u64>,
+    /// From the offline buffer (or, when it cannot say, every group's head); a group not
+    /// named has nothing new.
+    pub latest: HashMap<String, u64>,
+    /// The offline-buffer position `latest` covers.
+    pub position: u64,
 }
 
 pub(crate) struct Pusher<'a> {
@@ -53,6 +57,13 @@ pub(crate) struct Pusher<'a> {
     unsaved_cursors: HashMap<String, u64>,
     save_cursors_at: Option<Instant>,
     save_cursors_every: Duration,
+    /// Groups behind on connect, and the seq the device must acknowledge in each before
+    /// it is in sync with the offline buffer up to `sync_position`.
+    unsynced: HashMap<String, u64>,
+    sync_position: Option<u64>,
+    /// Groups assumed current on connect that have had no push since: a message sent
+    /// before the connect but counted after it reaches them only through `Counted`.
+    unconfirmed: HashSet<String>,
 }
 
 impl<'a> Pusher<'a> {
@@ -70,6 +81,9 @@ impl<'a> Pusher<'a> {
             .iter()
             .map(|(g, s)| (g.as_str(), *s))
             .collect();
+        let max_catch_up = shared.config.offline.max_catch_up;
+        let (mut out, mut unsaved_cursors) = (Vec::new(), HashMap::new());
+        let (mut unsynced, mut unconfirmed) = (HashMap::new(), HashSet::new());
         for m in &resume.groups {
             // Resume after what this device acknowledged, never before the join watermark.
             let after = cursors
@@ -77,13 +91,32 @@ impl<'a> Pusher<'a> {
                 .copied()
                 .unwrap_or(0)
                 .max(m.joined_seq);
-            // Read only the logs that hold something new: one head read per connect
-            // instead of one log read per group.
-            match resume.heads.get(&m.group) {
-                Some(&head) if head <= after => delivery.join_current(&m.group, after),
-                _ => delivery.join(&m.group, after),
+            // Read only the logs that hold something new, and at most the newest
+            // `max_catch_up` messages of each: the client is told what it skipped.
+            match resume.latest.get(&m.group) {
+                Some(&latest) if latest > after => {
+                    let start = after.max(latest.saturating_sub(max_catch_up));
+                    if start > after {
+                        out.push(
+                            Frame::Skipped {
+                                group: m.group.clone(),
+                                first: after + 1,
+                                last: start,
+                            }
+                            .encode(),
+                        );
+                        unsaved_cursors.insert(m.group.clone(), start);
+                    }
+                    delivery.join(&m.group, start);
+                    unsynced.insert(m.group.clone(), latest);
+                }
+                _ => {
+                    delivery.join_current(&m.group, after);
+                    unconfirmed.insert(m.group.clone());
+                }
             }
         }
+        let save_cursors_every = shared.config.flush_policy().every;
         Self {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
@@ -93,17 +126,21 @@ impl<'a> Pusher<'a> {
             pushes: attached.pushes,
             control: attached.control,
             lagged: attached.lagged,
-            out: Vec::new(),
             retry_catch_up_at: None,
-            unsaved_cursors: HashMap::new(),
-            save_cursors_at: None,
-            save_cursors_every: shared.config.unread.flush_policy().every,
+            save_cursors_at: (!unsaved_cursors.is_empty())
+                .then(|| Instant::now() + save_cursors_every),
+            out,
+            unsaved_cursors,
+            save_cursors_every,
+            unsynced,
+            sync_position: Some(resume.position),
+            unconfirmed,
         }
     }
 
     pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
         let result = self.serve(&mut stream).await;
-        self.save_cursors().await;
+        self.save_progress().await;
         result
     }
 
@@ -138,7 +175,7 @@ impl<'a> Pusher<'a> {
                     let now = Instant::now();
                     self.out.extend(self.delivery.due_retransmits(now));
                     if self.save_cursors_at.is_some_and(|at| at <= now) {
-                        self.save_cursors().await;
+                        self.save_progress().await;
                     }
                 }
             }
@@ -150,6 +187,7 @@ impl<'a> Pusher<'a> {
 
     fn offer_live(&mut self, push: Arc<Push>) {
         let now = Instant::now();
+        self.unconfirmed.remove(&push.group);
         if self
             .delivery
             .offer(&push.group, push.seq, &push.bytes, false, now)
@@ -166,11 +204,21 @@ impl<'a> Pusher<'a> {
             Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
+            Control::Counted { group, seq } => {
+                if self.unconfirmed.remove(&group)
+                    && self.delivery.sent(&group).is_some_and(|sent| sent < seq)
+                {
+                    self.delivery.mark_behind(&group);
+                }
+            }
             Control::Ack(ranges) => {
                 for (group, seq) in self.delivery.ack(&ranges) {
                     let saved = self.unsaved_cursors.entry(group).or_default();
                     *saved = (*saved).max(seq);
                 }
+                let delivery = &self.delivery;
+                self.unsynced
+                    .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
                 if !self.unsaved_cursors.is_empty() && self.save_cursors_at.is_none() {
                     self.save_cursors_at = Some(Instant::now() + self.save_cursors_every);
                 }
@@ -178,7 +226,24 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    /// Writes the merged cursor advances in one store call.
+    /// Writes the merged cursor advances in one store call and, once the device has
+    /// everything its offline buffer named on connect, that it is in sync up to there.
+    async fn save_progress(&mut self) {
+        self.save_cursors().await;
+        if !self.unsynced.is_empty() {
+            return;
+        }
+        if let Some(position) = self.sync_position.take()
+            && let Err(error) = self
+                .store
+                .offline_synced(self.user, self.device, position)
+                .await
+        {
+            // The next connect of this device is more careful: it reads every head.
+            tracing::warn!(user = %self.user, %error, "saving the offline sync point failed");
+        }
+    }
+
     async fn save_cursors(&mut self) {
         self.save_cursors_at = None;
         if self.unsaved_cursors.is_empty() {
@@ -232,6 +297,7 @@ impl<'a> Pusher<'a> {
                 .messages(group, range, PageFrom::Oldest, limit)
                 .await?;
             let full = page.len() == limit;
+            self.unconfirmed.remove(group);
             let hidden = self.plugins.hidden(self.user, group, &page).await?;
             let now = Instant::now();
             for message in page {

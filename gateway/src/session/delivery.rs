@@ -110,6 +110,12 @@ impl Delivery {
         self.groups.get(group).map(|g| g.sent)
     }
 
+    /// Highest seq such that it and everything before it is acknowledged, if the
+    /// connection is in `group`.
+    pub fn acked(&self, group: &str) -> Option<u64> {
+        self.groups.get(group).map(|g| g.acked)
+    }
+
     /// How many more pushes fit in the window.
     pub fn room(&self) -> usize {
         self.window.saturating_sub(self.in_flight)

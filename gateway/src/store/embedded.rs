@@ -11,8 +11,8 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
-    StoredMessage, UnreadState,
+    Appended, GroupInfo, Membership, NewMessage, OfflineBuffer, PageFrom, SeqRange, Store,
+    StoreError, StoredMessage, UnreadState,
 };
 
 /// group → (owner, created_ms, head_seq, last_ts_ms)
@@ -38,6 +38,15 @@ const CURSORS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("
 const UNREAD: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("unread");
 /// group → the seq up to which its messages are in the unread counts.
 const COUNTED: TableDefinition<&str, u64> = TableDefinition::new("counted");
+
+/// (user, group) → (latest seq referenced, position): each user's offline buffer.
+const OFFLINE: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("offline");
+/// (user, position) → group: the same entries in write order, to evict the oldest.
+const OFFLINE_ORDER: TableDefinition<(&str, u64), &str> = TableDefinition::new("offline_order");
+/// user → (head position, evicted position, entries).
+const OFFLINE_HEAD: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("offline_head");
+/// (user, device) → the position up to which the device had everything.
+const OFFLINE_SYNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("offline_synced");
 
 /// redb-backed [`Store`] for a single node.
 #[derive(Clone)]
@@ -86,6 +95,10 @@ impl EmbeddedStore {
         tx.open_table(PLUGIN_KV)?;
         tx.open_table(UNREAD)?;
         tx.open_table(COUNTED)?;
+        tx.open_table(OFFLINE)?;
+        tx.open_table(OFFLINE_ORDER)?;
+        tx.open_table(OFFLINE_HEAD)?;
+        tx.open_table(OFFLINE_SYNCED)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -600,6 +613,120 @@ impl Store for EmbeddedStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn buffer_offline(
+        &self,
+        group: &str,
+        refs: &[(String, u64)],
+        capacity: usize,
+    ) -> Result<(), StoreError> {
+        let (group, refs) = (group.to_owned(), refs.to_vec());
+        let capacity = capacity.max(1) as u64;
+        self.run(move |db| {
+            let mut tx = db.begin_write()?;
+            // Written before the counts it goes with, and like them derived from the durable
+            // log: a lost write is rewritten when the range is counted again.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            {
+                let mut entries = tx.open_table(OFFLINE)?;
+                let mut order = tx.open_table(OFFLINE_ORDER)?;
+                let mut heads = tx.open_table(OFFLINE_HEAD)?;
+                for (user, seq) in &refs {
+                    let user = user.as_str();
+                    let (head, mut evicted, mut len) =
+                        heads.get(user)?.map_or((0, 0, 0), |v| v.value());
+                    let position = head + 1;
+                    let previous = entries.get((user, group.as_str()))?.map(|v| v.value());
+                    let seq = match previous {
+                        Some((old_seq, old_position)) => {
+                            order.remove((user, old_position))?;
+                            old_seq.max(*seq)
+                        }
+                        None => {
+                            len += 1;
+                            *seq
+                        }
+                    };
+                    entries.insert((user, group.as_str()), (seq, position))?;
+                    order.insert((user, position), group.as_str())?;
+                    while len > capacity {
+                        let (oldest, gone) = {
+                            let (key, value) = order
+                                .range((user, 0)..(user, u64::MAX))?
+                                .next()
+                                .expect("more entries than the cap")?;
+                            (key.value().1, value.value().to_owned())
+                        };
+                        order.remove((user, oldest))?;
+                        entries.remove((user, gone.as_str()))?;
+                        evicted = oldest;
+                        len -= 1;
+                    }
+                    heads.insert(user, (position, evicted, len))?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn offline(&self, user: &str, device: &str) -> Result<OfflineBuffer, StoreError> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.run(move |db| {
+            let tx = db.begin_read()?;
+            let (entries, heads, synced) = (
+                tx.open_table(OFFLINE)?,
+                tx.open_table(OFFLINE_HEAD)?,
+                tx.open_table(OFFLINE_SYNCED)?,
+            );
+            let (head, evicted, _) = heads.get(user.as_str())?.map_or((0, 0, 0), |v| v.value());
+            let mut buffer = OfflineBuffer {
+                head,
+                evicted,
+                synced: synced
+                    .get((user.as_str(), device.as_str()))?
+                    .map_or(0, |v| v.value()),
+                entries: Vec::new(),
+            };
+            for entry in entries.range((user.as_str(), "")..)? {
+                let (key, value) = entry?;
+                let (u, group) = key.value();
+                if u != user {
+                    break;
+                }
+                buffer.entries.push((group.to_owned(), value.value().0));
+            }
+            Ok(buffer)
+        })
+        .await
+    }
+
+    async fn offline_synced(
+        &self,
+        user: &str,
+        device: &str,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.run(move |db| {
+            let mut tx = db.begin_write()?;
+            // Losing it only makes the next connect more careful (a head scan).
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            {
+                let mut synced = tx.open_table(OFFLINE_SYNCED)?;
+                let key = (user.as_str(), device.as_str());
+                if synced.get(key)?.is_none_or(|v| v.value() < position) {
+                    synced.insert(key, position)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

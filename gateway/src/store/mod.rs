@@ -112,6 +112,31 @@ pub struct UnreadState {
     pub head_seq: u64,
 }
 
+/// One user's offline buffer as a device sees it on connect: references only, never
+/// bodies. Each entry is a group that got messages for the user and the latest seq
+/// referenced (seqs are gapless, so with the device's cursor it names every message it
+/// lacks). Entries carry a per-user *position*, bumped on every write; the buffer keeps
+/// the `capacity` most recently written groups and evicts the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OfflineBuffer {
+    /// (group, latest seq referenced), in no particular order.
+    pub entries: Vec<(String, u64)>,
+    /// Position of the latest write (0: never written).
+    pub head: u64,
+    /// Position of the latest entry evicted by the cap (0: none).
+    pub evicted: u64,
+    /// The device had every message referenced at or before this position (0: unknown).
+    pub synced: u64,
+}
+
+impl OfflineBuffer {
+    /// Whether the buffer still names every group this device may lack: nothing was
+    /// evicted past the point the device was known to be in sync.
+    pub fn covers_device(&self) -> bool {
+        self.evicted <= self.synced
+    }
+}
+
 /// Which end of a [`SeqRange`] a page is taken from; pages are always returned in ascending order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageFrom {
@@ -227,6 +252,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// `user`'s unread state in every group they belong to, ordered by group.
     async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError>;
+
+    /// Adds references to the offline buffers of these users: `(user, latest seq)` of
+    /// `group`, keeping each user's `capacity` most recently written groups.
+    async fn buffer_offline(
+        &self,
+        group: &str,
+        refs: &[(String, u64)],
+        capacity: usize,
+    ) -> Result<(), StoreError>;
+
+    /// `user`'s offline buffer, with where `device` was last in sync, in one atomic read.
+    async fn offline(&self, user: &str, device: &str) -> Result<OfflineBuffer, StoreError>;
+
+    /// Records that `device` had every message referenced up to `position`.
+    async fn offline_synced(
+        &self,
+        user: &str,
+        device: &str,
+        position: u64,
+    ) -> Result<(), StoreError>;
 
     /// `user`'s read marker in `group` (0 if none).
     async fn read_marker(&self, group: &str, user: &str) -> Result<u64, StoreError>;

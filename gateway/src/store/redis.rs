@@ -17,6 +17,9 @@
 //! | `chat:{g:G}:read` | hash | user → read marker |
 //! | `chat:{u:U}:groups` | hash | group → `o:JOINED` / `m:JOINED` |
 //! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
+//! | `chat:{u:U}:offline` | sorted set | offline buffer: group scored by the position of its latest write |
+//! | `chat:{u:U}:offline:seq` | hash | offline buffer: group → latest seq referenced |
+//! | `chat:{u:U}:offline:pos` | hash | `head`, `evicted` positions; `synced:D` of each device D |
 //! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
 //! | `chat:gateways` | sorted set | live gateway ids scored by expiry: who flushes which group's unread counts |
 //!
@@ -32,8 +35,8 @@ use redis::{AsyncCommands, Cmd, FromRedisValue, Script};
 use crate::redis_target::{RedisConnection, RedisTarget};
 
 use super::{
-    Appended, GroupInfo, Membership, NewMessage, PageFrom, SeqRange, Store, StoreError,
-    StoredMessage, UnreadState,
+    Appended, GroupInfo, Membership, NewMessage, OfflineBuffer, PageFrom, SeqRange, Store,
+    StoreError, StoredMessage, UnreadState,
 };
 
 impl From<redis::ParsingError> for StoreError {
@@ -232,6 +235,50 @@ static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
 if tonumber(redis.call('HGET', KEYS[1], 'counted') or '0') ~= tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS: offline order, offline seqs, offline positions. ARGV: group, seq, capacity.
+/// Writes one reference at the next position and evicts the oldest past the capacity.
+static OFFLINE_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local position = redis.call('HINCRBY', KEYS[3], 'head', 1)
+redis.call('ZADD', KEYS[1], position, ARGV[1])
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if excess > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[1], excess)
+  for i = 1, #gone, 2 do redis.call('HDEL', KEYS[2], gone[i]) end
+  redis.call('HSET', KEYS[3], 'evicted', gone[#gone])
+end
+return position
+"#,
+    )
+});
+
+/// KEYS: offline seqs, offline positions. ARGV: device. Returns {entries, head, evicted, synced}.
+static OFFLINE_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local positions = redis.call('HMGET', KEYS[2], 'head', 'evicted', 'synced:' .. ARGV[1])
+return {redis.call('HGETALL', KEYS[1]), positions[1] or '0', positions[2] or '0', positions[3] or '0'}
+"#,
+    )
+});
+
+/// KEYS: offline positions. ARGV: device, position. Moves the device's synced position forward.
+static OFFLINE_SYNCED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local field = 'synced:' .. ARGV[1]
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
+  redis.call('HSET', KEYS[1], field, ARGV[2])
+end
 return 1
 "#,
     )
@@ -576,6 +623,63 @@ impl Store for RedisStore {
         for (group, seq) in cursors {
             script.arg(group).arg(*seq);
         }
+        script.invoke_async::<i64>(&mut self.con()).await?;
+        Ok(())
+    }
+
+    async fn buffer_offline(
+        &self,
+        group: &str,
+        refs: &[(String, u64)],
+        capacity: usize,
+    ) -> Result<(), StoreError> {
+        // One script per user, each on its user's slot, all in flight at once.
+        let writes = refs
+            .iter()
+            .map(|(user, seq)| {
+                let mut script = OFFLINE_ADD.prepare_invoke();
+                script
+                    .key(user_key(user, "offline"))
+                    .key(user_key(user, "offline:seq"))
+                    .key(user_key(user, "offline:pos"))
+                    .arg(group)
+                    .arg(*seq)
+                    .arg(capacity.max(1));
+                let mut con = self.con();
+                async move { script.invoke_async::<u64>(&mut con).await }
+            })
+            .collect::<Vec<_>>();
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    async fn offline(&self, user: &str, device: &str) -> Result<OfflineBuffer, StoreError> {
+        let mut script = OFFLINE_READ.prepare_invoke();
+        script
+            .key(user_key(user, "offline:seq"))
+            .key(user_key(user, "offline:pos"))
+            .arg(device);
+        let (entries, head, evicted, synced): (Vec<(String, u64)>, u64, u64, u64) =
+            script.invoke_async(&mut self.con()).await?;
+        Ok(OfflineBuffer {
+            entries,
+            head,
+            evicted,
+            synced,
+        })
+    }
+
+    async fn offline_synced(
+        &self,
+        user: &str,
+        device: &str,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        let mut script = OFFLINE_SYNCED.prepare_invoke();
+        script
+            .key(user_key(user, "offline:pos"))
+            .arg(device)
+            .arg(position);
         script.invoke_async::<i64>(&mut self.con()).await?;
         Ok(())
     }

@@ -43,6 +43,8 @@ pub struct FlushPolicy {
     pub every: Duration,
     /// Flush a group's stage at once when it holds this many messages.
     pub at: usize,
+    /// Groups kept in each user's offline buffer (written by the same flush).
+    pub offline_capacity: usize,
 }
 
 impl Default for FlushPolicy {
@@ -50,6 +52,7 @@ impl Default for FlushPolicy {
         Self {
             every: Duration::from_secs(1),
             at: 100,
+            offline_capacity: 1000,
         }
     }
 }
@@ -209,6 +212,17 @@ impl Unread {
                 self.read_log(group, from, to).await?
             };
             let members = self.members(group).await?;
+            // Every member past their watermark gets the range pushed (placeholders for
+            // private messages they may not see), so one reference each names it. Written
+            // before the counts: a crash in between rewrites it, never loses it.
+            let refs: Vec<(String, u64)> = members
+                .iter()
+                .filter(|m| m.joined_seq < to)
+                .map(|m| (m.user.clone(), to))
+                .collect();
+            self.store
+                .buffer_offline(group, &refs, self.policy.offline_capacity)
+                .await?;
             let increments = tally::increments(&batch, &members);
             if let Some(counts) = self
                 .store
@@ -216,7 +230,7 @@ impl Unread {
                 .await?
             {
                 self.record(batch.len(), increments.len(), &staged);
-                self.announce(Topic::Group(group.to_owned()), group, counts)
+                self.announce(Topic::Group(group.to_owned()), group, to, counts)
                     .await;
                 return Ok(());
             }
@@ -279,6 +293,7 @@ impl Unread {
                 self.announce(
                     Topic::User(user.to_owned()),
                     group,
+                    counted,
                     vec![(user.to_owned(), count)],
                 )
                 .await;
@@ -389,12 +404,13 @@ impl Unread {
             .contains_key(group)
     }
 
-    async fn announce(&self, topic: Topic, group: &str, counts: Vec<(String, u64)>) {
-        if counts.is_empty() {
-            return;
-        }
+    /// Publishes new counts, and that `group` is counted (so in offline buffers) up to
+    /// `counted`: even with no count changed, a device that connected after the messages
+    /// were sent and before this flush learns of them this way.
+    async fn announce(&self, topic: Topic, group: &str, counted: u64, counts: Vec<(String, u64)>) {
         let event = Event::Unread {
             group: group.to_owned(),
+            counted,
             counts,
         };
         if let Err(error) = self.bus.publish(topic, event).await {

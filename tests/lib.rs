@@ -162,6 +162,11 @@ impl TestGateway {
         self.gateway().node().unread.stats().messages
     }
 
+    /// What this gateway has pushed and had acknowledged so far.
+    pub fn delivery_stats(&self) -> chat_gateway::server::DeliveryStats {
+        self.gateway().delivery_stats()
+    }
+
     /// Local connections and groups with local members, as the gateway's node sees them.
     pub fn local_counts(&self) -> (usize, usize) {
         self.gateway().node().local_counts()

@@ -278,6 +278,13 @@ async fn listen(
     while count.is_none_or(|c| seen < c) {
         let message = tokio::select! {
             m = client.next_message() => m,
+            Some(s) = client.next_skipped(Duration::from_secs(3600)) => {
+                eprintln!(
+                    "skipped {} seqs {}..={}: too far behind to push (see `chat history`)",
+                    s.group, s.first, s.last
+                );
+                continue;
+            }
             _ = &mut until_deadline => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };

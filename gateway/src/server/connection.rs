@@ -278,6 +278,7 @@ async fn control_loop(
         while let Some(frame) = decoder.next_frame().transpose() {
             let response = match frame {
                 Ok(Frame::Ack { ranges }) => {
+                    shared.delivery.ack_frame();
                     let _ = control.send(Control::Ack(ranges));
                     continue;
                 }

@@ -3,6 +3,9 @@
 
 mod connection;
 mod pusher;
+mod stats;
+
+pub use stats::DeliveryStats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,7 @@ pub(crate) struct Shared {
     pub node: Arc<Node>,
     pub auth: TokenAuthority,
     pub config: Config,
+    pub delivery: stats::DeliveryCounters,
 }
 
 /// A running gateway.
@@ -104,6 +108,7 @@ impl Gateway {
             node: node.clone(),
             auth,
             config,
+            delivery: Default::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node.run_events());
@@ -133,6 +138,11 @@ impl Gateway {
 
     pub fn node(&self) -> &Arc<Node> {
         &self.shared.node
+    }
+
+    /// What this gateway's connections have pushed and had acknowledged so far.
+    pub fn delivery_stats(&self) -> DeliveryStats {
+        self.shared.delivery.snapshot()
     }
 
     /// Replaces the plugin chain without touching connections. If any plugin fails to

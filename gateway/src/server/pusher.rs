@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::connection::Refusal;
+use super::stats::DeliveryCounters;
 use crate::node::{Attached, Control, Push};
 use crate::plugins::Plugins;
 use crate::session::RequestError;
@@ -43,6 +44,7 @@ pub(crate) struct Resume {
 pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
     plugins: &'a Plugins,
+    counters: &'a DeliveryCounters,
     user: &'a str,
     device: &'a str,
     delivery: Delivery,
@@ -120,6 +122,7 @@ impl<'a> Pusher<'a> {
         Self {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
+            counters: &shared.delivery,
             user,
             device,
             delivery,
@@ -173,7 +176,9 @@ impl<'a> Pusher<'a> {
                 },
                 _ = sleep_until(deadline) => {
                     let now = Instant::now();
-                    self.out.extend(self.delivery.due_retransmits(now));
+                    let due = self.delivery.due_retransmits(now);
+                    self.counters.retransmitted(due.len());
+                    self.out.extend(due);
                     if self.save_cursors_at.is_some_and(|at| at <= now) {
                         self.save_progress().await;
                     }
@@ -193,6 +198,7 @@ impl<'a> Pusher<'a> {
             .offer(&push.group, push.seq, &push.bytes, false, now)
             == Offer::Send
         {
+            self.counters.pushed(1);
             self.out.push(push.bytes.clone());
         }
     }
@@ -212,7 +218,11 @@ impl<'a> Pusher<'a> {
                 }
             }
             Control::Ack(ranges) => {
-                for (group, seq) in self.delivery.ack(&ranges) {
+                let in_flight = self.delivery.in_flight();
+                let advanced = self.delivery.ack(&ranges);
+                self.counters
+                    .acknowledged(in_flight - self.delivery.in_flight());
+                for (group, seq) in advanced {
                     let saved = self.unsaved_cursors.entry(group).or_default();
                     *saved = (*saved).max(seq);
                 }
@@ -307,6 +317,7 @@ impl<'a> Pusher<'a> {
                 if self.delivery.offer(group, seq, &bytes, true, now) != Offer::Send {
                     return Ok(());
                 }
+                self.counters.pushed(1);
                 self.out.push(bytes);
             }
             if !full {

@@ -627,8 +627,8 @@ impl Store for EmbeddedStore {
         let capacity = capacity.max(1) as u64;
         self.run(move |db| {
             let mut tx = db.begin_write()?;
-            // Written before the counts it goes with, and like them derived from the durable
-            // log: a lost write is rewritten when the range is counted again.
+            // A lost write is superseded by the group's next flush (references name the
+            // latest seq), so it skips the fsync like the counts.
             tx.set_durability(Durability::None)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             {

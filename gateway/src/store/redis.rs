@@ -240,26 +240,36 @@ return 1
     )
 });
 
-/// KEYS: offline order, offline seqs, offline positions. ARGV: group, seq, capacity.
-/// Writes one reference at the next position and evicts the oldest past the capacity.
+/// KEYS: offline order, offline seqs, offline positions of each user in turn. ARGV:
+/// group, capacity, then each user's seq. Writes each user's reference at their next
+/// position and evicts their oldest past the capacity.
 static OFFLINE_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local position = redis.call('HINCRBY', KEYS[3], 'head', 1)
-redis.call('ZADD', KEYS[1], position, ARGV[1])
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local group, capacity = ARGV[1], tonumber(ARGV[2])
+for u = 0, #KEYS / 3 - 1 do
+  local order, seqs, positions = KEYS[3 * u + 1], KEYS[3 * u + 2], KEYS[3 * u + 3]
+  local seq = ARGV[u + 3]
+  local position = redis.call('HINCRBY', positions, 'head', 1)
+  redis.call('ZADD', order, position, group)
+  if tonumber(seq) > tonumber(redis.call('HGET', seqs, group) or '0') then
+    redis.call('HSET', seqs, group, seq)
+  end
+  local excess = redis.call('ZCARD', order) - capacity
+  if excess > 0 then
+    local gone = redis.call('ZPOPMIN', order, excess)
+    for i = 1, #gone, 2 do redis.call('HDEL', seqs, gone[i]) end
+    redis.call('HSET', positions, 'evicted', gone[#gone])
+  end
 end
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
-if excess > 0 then
-  local gone = redis.call('ZPOPMIN', KEYS[1], excess)
-  for i = 1, #gone, 2 do redis.call('HDEL', KEYS[2], gone[i]) end
-  redis.call('HSET', KEYS[3], 'evicted', gone[#gone])
-end
-return position
+return 1
 "#,
     )
 });
+
+/// Users whose offline references one script call writes on a single server (a Cluster
+/// takes one per call: their keys live on different slots).
+const OFFLINE_USERS_PER_CALL: usize = 250;
 
 /// KEYS: offline seqs, offline positions. ARGV: device. Returns {entries, head, evicted, synced}.
 static OFFLINE_READ: LazyLock<Script> = LazyLock::new(|| {
@@ -633,20 +643,25 @@ impl Store for RedisStore {
         refs: &[(String, u64)],
         capacity: usize,
     ) -> Result<(), StoreError> {
-        // One script per user, each on its user's slot, all in flight at once.
+        let per_call = match self.redis {
+            RedisConnection::Server(_) => OFFLINE_USERS_PER_CALL,
+            RedisConnection::Cluster(_) => 1,
+        };
+        // All calls in flight at once.
         let writes = refs
-            .iter()
-            .map(|(user, seq)| {
+            .chunks(per_call)
+            .map(|users| {
                 let mut script = OFFLINE_ADD.prepare_invoke();
-                script
-                    .key(user_key(user, "offline"))
-                    .key(user_key(user, "offline:seq"))
-                    .key(user_key(user, "offline:pos"))
-                    .arg(group)
-                    .arg(*seq)
-                    .arg(capacity.max(1));
+                script.arg(group).arg(capacity.max(1));
+                for (user, seq) in users {
+                    script
+                        .key(user_key(user, "offline"))
+                        .key(user_key(user, "offline:seq"))
+                        .key(user_key(user, "offline:pos"))
+                        .arg(*seq);
+                }
                 let mut con = self.con();
-                async move { script.invoke_async::<u64>(&mut con).await }
+                async move { script.invoke_async::<i64>(&mut con).await }
             })
             .collect::<Vec<_>>();
         try_join_all(writes).await?;

@@ -144,6 +144,8 @@ pub struct Unread {
     owners: Owners,
     /// Groups with messages sent here but owned elsewhere, by owner: told once a tick.
     uncounted: Mutex<HashMap<String, HashSet<String>>>,
+    /// Groups counted up to a seq whose offline references failed to be written.
+    unbuffered: Mutex<HashMap<String, u64>>,
 }
 
 /// How long a gateway's registration lasts, and how often it is renewed.
@@ -163,6 +165,7 @@ impl Unread {
             urgent,
             owners: Owners::new(format!("{:016x}", rand::random::<u64>())),
             uncounted: Mutex::new(HashMap::new()),
+            unbuffered: Mutex::new(HashMap::new()),
         });
         tokio::spawn(flush_forever(Arc::downgrade(&unread), urgent_rx));
         unread
@@ -212,17 +215,6 @@ impl Unread {
                 self.read_log(group, from, to).await?
             };
             let members = self.members(group).await?;
-            // Every member past their watermark gets the range pushed (placeholders for
-            // private messages they may not see), so one reference each names it. Written
-            // before the counts: a crash in between rewrites it, never loses it.
-            let refs: Vec<(String, u64)> = members
-                .iter()
-                .filter(|m| m.joined_seq < to)
-                .map(|m| (m.user.clone(), to))
-                .collect();
-            self.store
-                .buffer_offline(group, &refs, self.policy.offline_capacity)
-                .await?;
             let increments = tally::increments(&batch, &members);
             if let Some(counts) = self
                 .store
@@ -230,6 +222,10 @@ impl Unread {
                 .await?
             {
                 self.record(batch.len(), increments.len(), &staged);
+                // References after the counts, so they do not delay them; announced after
+                // the references, so a device that connects in between learns of the
+                // range one way or the other.
+                self.buffer_offline(group, to, &members).await;
                 self.announce(Topic::Group(group.to_owned()), group, to, counts)
                     .await;
                 return Ok(());
@@ -261,6 +257,55 @@ impl Unread {
             total: groups.iter().map(|g| g.count).sum(),
             groups,
         })
+    }
+
+    /// Writes one reference `(group, to)` into the offline buffer of every member past
+    /// their watermark (everyone gets the range pushed: placeholders for what they may
+    /// not see). A failed write is retried on the next tick; a later flush of the group
+    /// supersedes it (references name the latest seq).
+    async fn buffer_offline(&self, group: &str, to: u64, members: &[Membership]) {
+        let refs: Vec<(String, u64)> = members
+            .iter()
+            .filter(|m| m.joined_seq < to)
+            .map(|m| (m.user.clone(), to))
+            .collect();
+        let written = self
+            .store
+            .buffer_offline(group, &refs, self.policy.offline_capacity)
+            .await;
+        let mut unbuffered = self.unbuffered.lock().expect("unbuffered lock");
+        match written {
+            Ok(()) => {
+                if unbuffered.get(group).is_some_and(|pending| *pending <= to) {
+                    unbuffered.remove(group);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%group, %error, "writing offline references failed; retrying");
+                unbuffered.insert(group.to_owned(), to);
+            }
+        }
+    }
+
+    /// Retries the offline references that failed to be written.
+    async fn retry_unbuffered(&self) {
+        let retries: Vec<(String, u64)> = self
+            .unbuffered
+            .lock()
+            .expect("unbuffered lock")
+            .iter()
+            .map(|(g, to)| (g.clone(), *to))
+            .collect();
+        for (group, to) in retries {
+            match self.members(&group).await {
+                Ok(members) => {
+                    self.buffer_offline(&group, to, &members).await;
+                    self.announce(Topic::Group(group.clone()), &group, to, Vec::new())
+                        .await;
+                }
+                Err(error) => tracing::debug!(%group, %error, "reading members failed"),
+            }
+        }
     }
 
     /// Sets `member`'s read marker of their group to `seq` (at most the head; `None`
@@ -355,7 +400,7 @@ impl Unread {
     /// How long a stage waits before it is flushed: the interval, less a margin for the
     /// flush itself, so no count is older than the interval when it lands.
     fn wait(&self) -> Duration {
-        self.policy.every - self.policy.every / 20
+        self.policy.every - self.policy.every / 16
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -526,6 +571,7 @@ async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver
                 let Some(unread) = unread.upgrade() else { return };
                 unread.forward_uncounted().await;
                 unread.flush_due().await;
+                unread.retry_unbuffered().await;
             }
             _ = renew.tick() => {
                 let Some(unread) = unread.upgrade() else { return };

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
         for g in 0..groups {
             let group = format!("{user}-g{g}");
             store
-                .create_group(&group, "friend", &[user.clone()], 0)
+                .create_group(&group, "friend", std::slice::from_ref(&user), 0)
                 .await?;
         }
         for g in 0..ACTIVE {

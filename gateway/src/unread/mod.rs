@@ -144,6 +144,10 @@ pub struct Unread {
     owners: Owners,
     /// Groups with messages sent here but owned elsewhere, by owner: told once a tick.
     uncounted: Mutex<HashMap<String, HashSet<String>>>,
+    /// Groups forwarded to their owner: the first seq forwarded, and when to check that
+    /// it was counted (an owner that died, or is dead but not expired from the registry
+    /// yet, counts nothing; this gateway then counts it itself).
+    forwarded: Mutex<HashMap<String, (u64, Instant)>>,
     /// Groups counted up to a seq whose offline references failed to be written.
     unbuffered: Mutex<HashMap<String, u64>>,
 }
@@ -166,6 +170,7 @@ impl Unread {
             owners: Owners::new(format!("{:016x}", rand::random::<u64>())),
             uncounted: Mutex::new(HashMap::new()),
             unbuffered: Mutex::new(HashMap::new()),
+            forwarded: Mutex::new(HashMap::new()),
         });
         tokio::spawn(flush_forever(Arc::downgrade(&unread), urgent_rx));
         unread
@@ -183,6 +188,12 @@ impl Unread {
         if owner != self.owners.me() {
             let mut uncounted = self.uncounted.lock().expect("uncounted lock");
             uncounted.entry(owner).or_default().insert(group.to_owned());
+            let check_at = Instant::now() + 2 * self.policy.every;
+            self.forwarded
+                .lock()
+                .expect("forwarded lock")
+                .entry(group.to_owned())
+                .or_insert((message.seq, check_at));
             return;
         }
         let mut stages = self.stages.lock().expect("stages lock");
@@ -283,6 +294,33 @@ impl Unread {
             Err(error) => {
                 tracing::warn!(%group, %error, "writing offline references failed; retrying");
                 unbuffered.insert(group.to_owned(), to);
+            }
+        }
+    }
+
+    /// Counts here the forwarded groups whose owner did not count them in time.
+    async fn check_forwarded(&self) {
+        let now = Instant::now();
+        let due: Vec<(String, u64)> = {
+            let mut forwarded = self.forwarded.lock().expect("forwarded lock");
+            let due: Vec<(String, u64)> = forwarded
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(group, (seq, _))| (group.clone(), *seq))
+                .collect();
+            for (group, _) in &due {
+                forwarded.remove(group);
+            }
+            due
+        };
+        for (group, seq) in due {
+            match self.store.counted_seq(&group).await {
+                Ok(counted) if counted >= seq => {}
+                Ok(_) => {
+                    tracing::info!(%group, "its counting gateway did not count it; counting here");
+                    self.flush_logged(&group).await;
+                }
+                Err(error) => tracing::debug!(%group, %error, "reading the counted seq failed"),
             }
         }
     }
@@ -572,6 +610,7 @@ async fn flush_forever(unread: Weak<Unread>, mut urgent: mpsc::UnboundedReceiver
                 unread.forward_uncounted().await;
                 unread.flush_due().await;
                 unread.retry_unbuffered().await;
+                unread.check_forwarded().await;
             }
             _ = renew.tick() => {
                 let Some(unread) = unread.upgrade() else { return };

@@ -133,6 +133,17 @@ impl TestGateway {
         self.gateway = relaunched.gateway;
     }
 
+    /// Drains the gateway (clients are told to move) until they have gone or `deadline`
+    /// passes, then stops it; returns how many connections were still open. Its data
+    /// directory stays until this is dropped.
+    pub async fn drain(&mut self, deadline: Duration) -> usize {
+        self.gateway
+            .take()
+            .expect("gateway running")
+            .drain(deadline)
+            .await
+    }
+
     /// Swaps the plugin chain in place.
     pub async fn reload_plugins(
         &self,

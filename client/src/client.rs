@@ -595,6 +595,9 @@ async fn open_link(
         decoder,
     ));
     tokio::spawn(session::push_reader(shared.clone(), conn.clone(), pushes));
+    if opts.reconnect {
+        tokio::spawn(session::mover(shared.clone(), writer.clone(), conn.clone()));
+    }
     tokio::spawn(session::ack_flusher(
         shared.clone(),
         writer.clone(),

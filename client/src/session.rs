@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     acks: Mutex<AckBatcher>,
     ack_wake: Notify,
     max_frame_len: usize,
+    /// The gateway sent `GoAway`: its deadline, and a wake-up for the mover.
+    go_away_ms: std::sync::atomic::AtomicU32,
+    go_away: Notify,
 }
 
 impl Shared {
@@ -61,7 +64,16 @@ impl Shared {
             acks: Mutex::new(acks),
             ack_wake: Notify::new(),
             max_frame_len,
+            go_away_ms: std::sync::atomic::AtomicU32::new(0),
+            go_away: Notify::new(),
         }
+    }
+
+    /// The gateway asked this connection to move within `deadline_ms`.
+    fn go_away(&self, deadline_ms: u32) {
+        self.go_away_ms
+            .store(deadline_ms, std::sync::atomic::Ordering::SeqCst);
+        self.go_away.notify_one();
     }
 
     /// Registers a waiter for the response to request `id`, unless the connection is gone.
@@ -166,6 +178,36 @@ pub(crate) async fn flush_acks(shared: &Shared, writer: &mpsc::Sender<WriteCmd>)
 }
 
 /// Sends acks when the batch is full or a pending push waited its policy's `max_delay_ms`.
+/// Longest a client waits, after `GoAway`, before leaving: a random share of it, so the
+/// clients of a draining gateway do not all reconnect at the same instant.
+const MOVE_SPREAD_MAX: Duration = Duration::from_secs(2);
+
+/// On `GoAway`, leaves the connection gracefully (pending ACKs sent, the control stream
+/// finished and applied by the gateway), so the client's reconnect loop moves it to
+/// another gateway and it resumes from its cursors.
+pub(crate) async fn mover(shared: Arc<Shared>, writer: mpsc::Sender<WriteCmd>, conn: Connection) {
+    tokio::select! {
+        _ = shared.go_away.notified() => {}
+        _ = conn.closed() => return,
+    }
+    let deadline = Duration::from_millis(
+        shared
+            .go_away_ms
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .into(),
+    );
+    let spread = (deadline / 4).min(MOVE_SPREAD_MAX);
+    tokio::time::sleep(spread.mul_f64(rand::random::<f64>())).await;
+    tracing::info!("the gateway is draining; moving");
+    flush_acks(&shared, &writer).await;
+    let (done, finished) = oneshot::channel();
+    if writer.send(WriteCmd::Finish(done)).await.is_ok() {
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, finished).await;
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, conn.closed()).await;
+    }
+    conn.close(VarInt::from_u32(0), b"moving");
+}
+
 pub(crate) async fn ack_flusher(
     shared: std::sync::Arc<Shared>,
     writer: mpsc::Sender<WriteCmd>,
@@ -367,6 +409,7 @@ pub(crate) async fn push_reader(
             Ok(Some(Frame::Skipped { group, first, last })) => {
                 let _ = skipped.send(Skipped { group, first, last });
             }
+            Ok(Some(Frame::GoAway { deadline_ms, .. })) => shared.go_away(deadline_ms),
             Ok(Some(other)) => {
                 let what = format!(
                     "unexpected {} frame on the push stream",

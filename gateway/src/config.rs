@@ -47,6 +47,7 @@ pub struct Config {
     pub transport: TransportConfig,
     pub unread: UnreadConfig,
     pub offline: OfflineConfig,
+    pub drain: DrainConfig,
     /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
     /// ack-batching; `plugins = []` runs none.
     pub plugins: Option<Vec<PluginSpec>>,
@@ -108,6 +109,7 @@ impl Default for Config {
             transport: TransportConfig::default(),
             unread: UnreadConfig::default(),
             offline: OfflineConfig::default(),
+            drain: DrainConfig::default(),
             plugins: None,
         }
     }
@@ -148,6 +150,24 @@ impl Default for OfflineConfig {
         Self {
             capacity: FlushPolicy::default().offline_capacity,
             max_catch_up: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// On SIGTERM, clients get this long to move before the gateway closes what is left.
+    pub deadline_s: u64,
+    /// Another gateway (`host:port`) named to clients in `GoAway`; unset: none named.
+    pub server: Option<String>,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            deadline_s: 30,
+            server: None,
         }
     }
 }

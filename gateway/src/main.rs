@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use chat_gateway::auth::TokenAuthority;
@@ -147,6 +148,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    let drain_deadline = Duration::from_secs(config.drain.deadline_s);
     let gateway = Gateway::start(config)
         .await
         .context("starting the gateway")?;
@@ -165,8 +167,9 @@ async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<(
             _ = hangup.recv() => reload_plugins(&gateway, config_file.as_deref()).await,
         }
     }
-    tracing::info!("shutting down");
-    gateway.shutdown().await;
+    // Clients move to other gateways (or come back after a restart) without loss.
+    tracing::info!(deadline = ?drain_deadline, "draining");
+    gateway.drain(drain_deadline).await;
     Ok(())
 }
 

@@ -331,10 +331,7 @@ impl Node {
             }
             Event::Uncounted { groups } => self.unread.uncounted(groups),
             Event::Resync => {
-                let local = self.local.read().expect("local map lock");
-                for (_, handle, _) in local.conns.values() {
-                    let _ = handle.control.send(Control::Resync);
-                }
+                self.notify_every_connection(|| Control::Resync);
             }
         }
     }
@@ -433,6 +430,15 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Sends a control message to every local connection; returns how many there are.
+    pub fn notify_every_connection(&self, control: impl Fn() -> Control) -> usize {
+        let local = self.local.read().expect("local map lock");
+        for (_, handle, _) in local.conns.values() {
+            let _ = handle.control.send(control());
+        }
+        local.conns.len()
     }
 
     /// Local connections and groups with local members, for logs and tests.

@@ -232,6 +232,12 @@ pub enum Frame {
         first: u64,
         last: u64,
     },
+    /// The gateway is draining: reconnect elsewhere (to `server` if not empty, a
+    /// `host:port`) within `deadline_ms`, after which it closes this connection.
+    GoAway {
+        deadline_ms: u32,
+        server: String,
+    },
 }
 
 /// The type byte of each frame.
@@ -263,10 +269,11 @@ pub enum FrameType {
     Push = 0x40,
     UnreadChanged = 0x41,
     Skipped = 0x42,
+    GoAway = 0x43,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 25] = [
+    const ALL: [FrameType; 26] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::CreateGroup,
@@ -292,6 +299,7 @@ impl FrameType {
         FrameType::Push,
         FrameType::UnreadChanged,
         FrameType::Skipped,
+        FrameType::GoAway,
     ];
 
     pub fn from_byte(byte: u8) -> Option<FrameType> {
@@ -325,6 +333,7 @@ impl FrameType {
             FrameType::Push => "Push",
             FrameType::UnreadChanged => "UnreadChanged",
             FrameType::Skipped => "Skipped",
+            FrameType::GoAway => "GoAway",
         }
     }
 }
@@ -415,6 +424,7 @@ impl Frame {
             Frame::Push { .. } => FrameType::Push,
             Frame::UnreadChanged { .. } => FrameType::UnreadChanged,
             Frame::Skipped { .. } => FrameType::Skipped,
+            Frame::GoAway { .. } => FrameType::GoAway,
         }
     }
 
@@ -445,7 +455,8 @@ impl Frame {
             | Frame::Ack { .. }
             | Frame::Push { .. }
             | Frame::UnreadChanged { .. }
-            | Frame::Skipped { .. } => None,
+            | Frame::Skipped { .. }
+            | Frame::GoAway { .. } => None,
         }
     }
 
@@ -545,6 +556,12 @@ impl Frame {
             }
             Frame::Skipped { group, first, last } => {
                 w.str(group).u64(*first).u64(*last);
+            }
+            Frame::GoAway {
+                deadline_ms,
+                server,
+            } => {
+                w.u32(*deadline_ms).str(server);
             }
             Frame::Ack { ranges } => {
                 w.list(ranges, |w, r| {
@@ -693,6 +710,10 @@ impl Frame {
                 group: r.str()?,
                 first: r.u64()?,
                 last: r.u64()?,
+            },
+            FrameType::GoAway => Frame::GoAway {
+                deadline_ms: r.u32()?,
+                server: r.str()?,
             },
             FrameType::Ack => Frame::Ack {
                 ranges: r.list(|r| {

@@ -171,6 +171,10 @@ fn every_frame() -> Vec<Frame> {
             first: 4,
             last: 1003,
         },
+        Frame::GoAway {
+            deadline_ms: 30_000,
+            server: "10.0.0.7:4433".into(),
+        },
     ]
 }
 

@@ -52,7 +52,7 @@ impl Served {
         }
     }
 
-    /// A rolling restart: SIGTERM (the gateway closes connections with `shutting_down`),
+    /// A rolling restart: SIGTERM (the gateway drains: its clients are told to move),
     /// then the same command on the same port and data.
     fn restart(&mut self) {
         signal(&self.child, "-TERM");

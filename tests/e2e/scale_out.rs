@@ -238,6 +238,54 @@ async fn killing_a_gateway_mid_traffic_loses_nothing_acknowledged() {
 }
 
 #[tokio::test]
+async fn draining_a_gateway_moves_its_clients_without_loss_or_repeats() {
+    let redis = RedisServer::start().await;
+    let target = RedisTarget::Server(redis.url.clone());
+    let mut gws = gateways(&target, 2).await;
+    // Alice (sending) and Bob start on the gateway to drain, the other as their failover.
+    let alice = Client::connect(reconnecting(&gws[0], "alice", &[&gws[1]]))
+        .await
+        .unwrap();
+    let bob = Client::connect(reconnecting(&gws[0], "bob", &[&gws[1]]))
+        .await
+        .unwrap();
+    alice
+        .create_group("g", &users(&["bob", "carol"]))
+        .await
+        .unwrap();
+    let carol = gws[1].connect("carol").await;
+
+    let deadline = Duration::from_secs(10);
+    // Kept after the drain: its data directory holds the certificate clients verify.
+    let mut draining = gws.remove(0);
+    let (drained_tx, drained) = tokio::sync::oneshot::channel();
+    let drain = async move {
+        let started = tokio::time::Instant::now();
+        let left = draining.drain(deadline).await;
+        let _ = drained_tx.send((left, started.elapsed(), draining));
+    };
+    let n = 60;
+    let accepted = send_through(&alice, n, drain).await;
+    let (left, took, _drained) = drained.await.unwrap();
+    assert_eq!(left, 0, "every client moved before the deadline");
+    assert!(took < deadline, "drained in {took:?}");
+
+    assert_log_holds(&carol, &accepted).await;
+    for client in [&alice, &bob, &carol] {
+        assert_gets_each_once(client, n).await;
+    }
+    // Bob may have left after the last message, and reconnects after a backoff.
+    let patience = tokio::time::Instant::now() + PATIENCE;
+    while bob.reconnects() == 0 && tokio::time::Instant::now() < patience {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((alice.reconnects(), bob.reconnects()), (1, 1));
+    // And is served by the other gateway.
+    alice.send("g", "after").await.unwrap();
+    assert_eq!(texts(&receive(&bob, 1).await), ["after"]);
+}
+
+#[tokio::test]
 async fn restarting_redis_mid_traffic_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start_durable().await;
     let gws = gateways(&RedisTarget::Server(redis.url.clone()), 2).await;

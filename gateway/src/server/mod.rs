@@ -10,16 +10,17 @@ pub use stats::DeliveryStats;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chat_protocol::ALPN;
+use chat_protocol::{ALPN, Frame};
 use quinn::{Endpoint, ServerConfig, VarInt};
 use tokio::task::JoinSet;
 
 use crate::auth::TokenAuthority;
 use crate::bus::{Bus, BusError, LocalBus, RedisBus};
 use crate::config::Config;
-use crate::node::Node;
+use crate::node::{Control, Node};
 use crate::plugins::{PluginError, PluginSpec, Plugins};
 use crate::session::Publisher;
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub auth: TokenAuthority,
     pub config: Config,
     pub delivery: stats::DeliveryCounters,
+    /// Set by [`Gateway::drain`]: new connections are refused.
+    pub draining: AtomicBool,
 }
 
 /// A running gateway.
@@ -109,6 +112,7 @@ impl Gateway {
             auth,
             config,
             delivery: Default::default(),
+            draining: AtomicBool::new(false),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node.run_events());
@@ -154,6 +158,35 @@ impl Gateway {
         Ok(())
     }
 
+    /// Drains the gateway: refuses new connections, tells every client to move (`GoAway`
+    /// with `deadline`), waits until they have gone (their pending ACKs and cursors
+    /// written as each leaves) or the deadline passes, counts every staged unread
+    /// message, then shuts down. Returns how many connections were still open at the end.
+    pub async fn drain(self, deadline: Duration) -> usize {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let node = &self.shared.node;
+        let go_away = Frame::GoAway {
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            server: self.shared.config.drain.server.clone().unwrap_or_default(),
+        }
+        .encode();
+        let told = node.notify_every_connection(|| Control::Notice(go_away.clone()));
+        tracing::info!(
+            connections = told,
+            ?deadline,
+            "draining: clients told to move"
+        );
+        let until = tokio::time::Instant::now() + deadline;
+        while node.local_counts().0 > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = node.local_counts().0;
+        node.unread.flush_all().await;
+        tracing::info!(left, "drained");
+        self.shutdown().await;
+        left
+    }
+
     /// Closes every connection (clients see `shutting_down`), stops all tasks and
     /// releases the store, so the data directory can be opened again.
     pub async fn shutdown(mut self) {
@@ -174,6 +207,8 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
+                // A draining gateway takes no one new: clients try their next gateway.
+                Some(incoming) if shared.draining.load(Ordering::SeqCst) => incoming.refuse(),
                 Some(incoming) => {
                     connections.spawn(connection::serve(incoming, shared.clone()));
                 }

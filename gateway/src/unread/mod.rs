@@ -423,6 +423,23 @@ impl Unread {
         }
     }
 
+    /// Counts every staged group now and tells the owners of forwarded ones: for a
+    /// gateway about to stop.
+    pub async fn flush_all(&self) {
+        self.forward_uncounted().await;
+        let groups: Vec<String> = self
+            .stages
+            .lock()
+            .expect("stages lock")
+            .by_group
+            .keys()
+            .cloned()
+            .collect();
+        for group in groups {
+            self.flush_logged(&group).await;
+        }
+    }
+
     /// Flushes the stages that are due.
     async fn flush_due(&self) {
         let due = self

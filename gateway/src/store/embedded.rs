@@ -115,6 +115,15 @@ impl EmbeddedStore {
     }
 }
 
+/// A write transaction that skips the fsync: for state derived from the durable log or
+/// safe to lose (the next durable commit persists it, in order).
+fn begin_unsynced_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::None)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok(tx)
+}
+
 fn membership(group: &str, user: &str, (owner, joined_seq): (bool, u64)) -> Membership {
     Membership {
         group: group.to_owned(),
@@ -493,11 +502,9 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (user, device, updates) = (user.to_owned(), device.to_owned(), updates.to_vec());
         self.run(move |db| {
-            let mut tx = db.begin_write()?;
+            let tx = begin_unsynced_write(db)?;
             // A lost cursor advance only means a redelivery the client drops as a duplicate,
             // so cursors skip the fsync; the next durable commit persists them.
-            tx.set_durability(Durability::None)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             {
                 let mut cursors = tx.open_table(CURSORS)?;
                 for (group, seq) in &updates {
@@ -533,11 +540,9 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<Vec<(String, u64)>>, StoreError> {
         let (group, increments) = (group.to_owned(), increments.to_vec());
         self.run(move |db| {
-            let mut tx = db.begin_write()?;
+            let tx = begin_unsynced_write(db)?;
             // Counts are derived from the durable log: a lost flush is rolled back whole
             // (counts and counted seq together) and recounted, so it skips the fsync.
-            tx.set_durability(Durability::None)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let mut counts = Vec::with_capacity(increments.len());
             {
                 let mut counted = tx.open_table(COUNTED)?;
@@ -626,11 +631,9 @@ impl Store for EmbeddedStore {
         let (group, refs) = (group.to_owned(), refs.to_vec());
         let capacity = capacity.max(1) as u64;
         self.run(move |db| {
-            let mut tx = db.begin_write()?;
+            let tx = begin_unsynced_write(db)?;
             // A lost write is superseded by the group's next flush (references name the
             // latest seq), so it skips the fsync like the counts.
-            tx.set_durability(Durability::None)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             {
                 let mut entries = tx.open_table(OFFLINE)?;
                 let mut order = tx.open_table(OFFLINE_ORDER)?;
@@ -714,10 +717,8 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (user, device) = (user.to_owned(), device.to_owned());
         self.run(move |db| {
-            let mut tx = db.begin_write()?;
+            let tx = begin_unsynced_write(db)?;
             // Losing it only makes the next connect more careful (a head scan).
-            tx.set_durability(Durability::None)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             {
                 let mut synced = tx.open_table(OFFLINE_SYNCED)?;
                 let key = (user.as_str(), device.as_str());

@@ -41,6 +41,7 @@ impl TestGateway {
             ..Config::default()
         };
         config.auth.token_secret = Some(SECRET.into());
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         let mut gateway = Self::launch(config).await;
         gateway._data = Some(data);
@@ -144,6 +145,16 @@ impl TestGateway {
             .await
     }
 
+    /// The admin API's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.gateway().admin_addr().expect("admin API on")
+    }
+
+    /// Resolves once the gateway has drained (on the admin API, say).
+    pub async fn drained(&self) -> usize {
+        self.gateway().drained().await
+    }
+
     /// Swaps the plugin chain in place.
     pub async fn reload_plugins(
         &self,
@@ -159,7 +170,7 @@ impl TestGateway {
             .plugins
             .describe()
             .into_iter()
-            .map(|(d, calls, faults, disabled)| (d.name, calls, faults, disabled))
+            .map(|p| (p.description.name, p.calls, p.faults, p.disabled))
             .collect()
     }
 
@@ -298,6 +309,77 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// An HTTP/1.1 answer: status and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One HTTP request (`Connection: close`) to the admin API, JSON body if any; a bearer
+/// token if given. Small on purpose: the test talks to the socket as curl would.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin API reachable");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request += &format!("Authorization: Bearer {token}\r\n");
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        request += "Content-Type: application/json\r\n";
+    }
+    request += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut answer))
+        .await
+        .expect("admin API answers in time")
+        .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a chunked answer: {head}"
+    );
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    HttpAnswer {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+/// The value of an unlabelled Prometheus sample, or of the labelled one given in full
+/// (`chat_requests_total{request="Send",outcome="ok"}`); 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
 /// A `chat-gateway serve --config FILE` process, for tests that kill it; killed when dropped.
 pub struct GatewayProcess {
     child: Option<std::process::Child>,
@@ -318,7 +400,7 @@ impl GatewayProcess {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let file = data.path().join("gateway.toml");
         let config = format!(
-            "listen = \"{addr}\"\ndata_dir = {:?}\n{config}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+            "listen = \"{addr}\"\ndata_dir = {:?}\n{config}\n[auth]\ntoken_secret = \"{SECRET}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             data.path()
         );
         std::fs::write(&file, config).unwrap();

@@ -9,11 +9,14 @@
 //! - [`redis_target`]: reaching one Redis server or a Redis Cluster, for store and bus.
 //! - [`unread`]: unread counts, staged per group and flushed as one `+k` per member.
 //! - [`plugins`]: the sandboxed WebAssembly policy chain (wasmtime, `wit/`).
+//! - [`admin`], [`metrics`]: the operators' HTTP API and the Prometheus metrics it serves.
 //! - [`auth`], [`tls`], [`config`]: tokens, certificates, settings.
 
+pub mod admin;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod plugins;
 pub mod redis_target;

@@ -1,4 +1,4 @@
-//! The `chat-gateway` binary: `serve` and `token`.
+//! The `chat-gateway` binary: `serve`, `config`, `plugin` and `token`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_gateway::auth::TokenAuthority;
+use chat_gateway::config::{LogConfig, LogFormat};
 use chat_gateway::{Config, Gateway};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,13 +30,28 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Keep data in this Redis (`redis://HOST:PORT`) instead of the embedded store.
-        #[arg(long, conflicts_with = "redis_cluster")]
+        #[arg(long, env = "CHAT_REDIS_URL", conflicts_with = "redis_cluster")]
         redis: Option<String>,
         /// Keep data in this Redis Cluster instead: seed nodes, comma-separated.
         #[arg(long, value_delimiter = ',', value_name = "URL,...")]
         redis_cluster: Vec<String>,
+        /// Admin HTTP API address [default: 127.0.0.1:9464, or the config's `admin.listen`].
+        #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
+        admin: Option<SocketAddr>,
+        /// Do not serve the admin HTTP API.
+        #[arg(long)]
+        no_admin: bool,
+        /// Print the effective configuration (file, flags and environment; secrets
+        /// masked) as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
         #[command(flatten)]
         place: Place,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Work with plugin components.
     Plugin {
@@ -52,6 +68,13 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem of a config file (unknown keys, wrong types, inconsistent
+    /// values), each with its key and line; exit 1 if there is any.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +115,9 @@ fn main() -> anyhow::Result<()> {
             listen,
             redis,
             redis_cluster,
+            admin,
+            no_admin,
+            print_config,
             place,
         } => {
             let mut config = place.config()?;
@@ -106,11 +132,39 @@ fn main() -> anyhow::Result<()> {
                 config.redis_cluster = redis_cluster;
                 config.redis = None;
             }
-            init_logging();
+            if let Some(admin) = admin {
+                config.admin.listen = admin;
+                config.admin.enabled = true;
+            }
+            if no_admin {
+                config.admin.enabled = false;
+            }
+            if print_config {
+                print!("{}", masked_toml(&config)?);
+                return Ok(());
+            }
+            config.validate()?;
+            init_logging(&config.log)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(serve(config, place.config))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let problems = chat_gateway::config::check(&text);
+            if problems.is_empty() {
+                println!("{}: ok", file.display());
+                return Ok(());
+            }
+            for problem in &problems {
+                println!("{}: {problem}", file.display());
+            }
+            eprintln!("{}: {} problem(s)", file.display(), problems.len());
+            std::process::exit(1)
         }
         Command::Plugin { command } => match command {
             PluginCommand::Check { file } => {
@@ -158,6 +212,9 @@ async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<(
         data = %data_dir.display(),
         "chat-gateway listening (ALPN chat/1); clients verify against the certificate"
     );
+    if let Some(admin) = gateway.admin_addr() {
+        tracing::info!(%admin, "admin API listening (GET /health, /ready, /metrics, /plugins, ...)");
+    }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     loop {
@@ -165,6 +222,8 @@ async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<(
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
             _ = hangup.recv() => reload_plugins(&gateway, config_file.as_deref()).await,
+            // Drained on the admin API: exit as after SIGTERM.
+            _ = gateway.drained() => break,
         }
     }
     // Clients move to other gateways (or come back after a restart) without loss.
@@ -188,11 +247,45 @@ async fn reload_plugins(gateway: &Gateway, config_file: Option<&std::path::Path>
     }
 }
 
-fn init_logging() {
+/// Logs to stderr at `log.level` (`CHAT_LOG` overrides it), as text or JSON lines.
+fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = match std::env::var("CHAT_LOG") {
+        Ok(level) => EnvFilter::try_new(&level).with_context(|| format!("CHAT_LOG={level}"))?,
+        Err(_) => EnvFilter::try_new(&log.level).context("log.level")?,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+/// The config as TOML with secrets (token secret, admin token, Redis passwords) masked.
+fn masked_toml(config: &Config) -> anyhow::Result<String> {
+    const MASK: &str = "********";
+    let mut config = config.clone();
+    if config.auth.token_secret.is_some() || std::env::var_os("CHAT_TOKEN_SECRET").is_some() {
+        config.auth.token_secret = Some(MASK.into());
+    }
+    if config.admin.token().is_some() {
+        config.admin.token = Some(MASK.into());
+    }
+    let mask_url = |url: &mut String| {
+        // redis://user:password@host → redis://user:********@host
+        if let Some((scheme, rest)) = url.split_once("://")
+            && let Some((credentials, host)) = rest.rsplit_once('@')
+        {
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            *url = format!("{scheme}://{user}:{MASK}@{host}");
+        }
+    };
+    config.redis.iter_mut().for_each(mask_url);
+    config.redis_cluster.iter_mut().for_each(mask_url);
+    // Print what will run: the plugin chain the gateway loads when none is configured.
+    config.plugins = Some(config.plugin_specs());
+    Ok(toml::to_string(&config)?)
 }

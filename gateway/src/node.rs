@@ -8,9 +8,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chat_protocol::{AckRange, Frame, UnreadCount};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
@@ -36,6 +40,8 @@ pub struct Push {
     pub group: String,
     pub seq: u64,
     pub bytes: Bytes,
+    /// When this gateway got it from the bus.
+    pub received: Instant,
 }
 
 /// For a private message: who sees it, and the placeholder everyone else gets.
@@ -158,6 +164,22 @@ pub struct Node {
     /// topic reach the bus in the order the map changed.
     topics: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
+    /// Live pushes not queued because a connection's queue was full (it reads the log instead).
+    dropped_pushes: Counter,
+    /// Time to hand one message to every local connection in its group.
+    fan_out_seconds: Histogram,
+    events: Counter,
+}
+
+/// Point-in-time figures of the local map, for `/metrics` and the admin API.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LocalStats {
+    pub connections: usize,
+    pub users: usize,
+    pub groups: usize,
+    /// Live pushes waiting in all connections' queues, and in the fullest one.
+    pub queued: usize,
+    pub queue_max: usize,
 }
 
 impl Node {
@@ -178,6 +200,9 @@ impl Node {
             local: RwLock::new(LocalMap::default()),
             topics: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
+            dropped_pushes: Counter::default(),
+            fan_out_seconds: crate::metrics::latency_histogram(),
+            events: Counter::default(),
         })
     }
 
@@ -287,6 +312,8 @@ impl Node {
     }
 
     async fn dispatch(&self, event: Event) {
+        self.events.inc();
+        let received = Instant::now();
         match event {
             Event::Message {
                 group,
@@ -301,6 +328,7 @@ impl Node {
                         group: group.clone(),
                         seq,
                         bytes: p.placeholder,
+                        received,
                     }),
                 });
                 self.fan_out(
@@ -308,6 +336,7 @@ impl Node {
                         group,
                         seq,
                         bytes: push,
+                        received,
                     }),
                     private.as_ref(),
                 )
@@ -389,8 +418,11 @@ impl Node {
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
                 handle.lagged.store(true, Ordering::Relaxed);
+                self.dropped_pushes.inc();
             }
         }
+        self.fan_out_seconds
+            .observe(push.received.elapsed().as_secs_f64());
     }
 
     /// Tells every local connection in `group` how far it is counted: a device that
@@ -445,6 +477,58 @@ impl Node {
     pub fn local_counts(&self) -> (usize, usize) {
         let local = self.local.read().expect("local map lock");
         (local.conns.len(), local.groups.len())
+    }
+
+    /// The local map's sizes and queue depths now (one pass over the connections).
+    pub fn local_stats(&self) -> LocalStats {
+        let local = self.local.read().expect("local map lock");
+        let mut stats = LocalStats {
+            connections: local.conns.len(),
+            users: local.users.len(),
+            groups: local.groups.len(),
+            ..LocalStats::default()
+        };
+        for (_, handle, _) in local.conns.values() {
+            let depth = handle.pushes.max_capacity() - handle.pushes.capacity();
+            stats.queued += depth;
+            stats.queue_max = stats.queue_max.max(depth);
+        }
+        stats
+    }
+
+    /// A group's members connected here, each with their number of connections.
+    pub fn local_members(&self, group: &str) -> Vec<(String, usize)> {
+        let local = self.local.read().expect("local map lock");
+        let mut members: HashMap<&str, usize> = HashMap::new();
+        for handle in local.groups.get(group).into_iter().flat_map(|c| c.values()) {
+            *members.entry(&handle.user).or_default() += 1;
+        }
+        let mut members: Vec<(String, usize)> = members
+            .into_iter()
+            .map(|(user, n)| (user.to_owned(), n))
+            .collect();
+        members.sort();
+        members
+    }
+
+    pub(crate) fn register_metrics(&self, registry: &mut Registry) {
+        self.requests.register_metrics(registry);
+        registry.register(
+            "pushes_dropped",
+            "Live pushes not queued because the connection's queue was full (it catches up from the log)",
+            self.dropped_pushes.clone(),
+        );
+        registry.register(
+            "bus_events",
+            "Events received from the bus (messages, membership, unread flushes)",
+            self.events.clone(),
+        );
+        crate::metrics::register_seconds(
+            registry,
+            "fan_out",
+            "From a message's arrival from the bus to its push queued for every local member",
+            self.fan_out_seconds.clone(),
+        );
     }
 }
 

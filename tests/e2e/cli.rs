@@ -114,7 +114,14 @@ impl Served {
 fn serve(data: &Path, addr: &str) -> Child {
     let mut command = Command::new(binary("chat-gateway"));
     command
-        .args(["serve", "--listen", addr, "--data"])
+        .args([
+            "serve",
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            addr,
+            "--data",
+        ])
         .arg(data);
     let config = data.join("gateway.toml");
     if config.exists() {
@@ -413,4 +420,143 @@ fn cli_unread_counts_and_marking_read() {
     let out = gw.chat("bob", &["read", "nope", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_member"));
+}
+
+/// `chat-gateway` with `args`, no token secret from the environment.
+fn gateway_command(args: &[&str]) -> Output {
+    Command::new(binary("chat-gateway"))
+        .args(args)
+        .env_remove("CHAT_TOKEN_SECRET")
+        .env_remove("CHAT_ADMIN_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_check_passes_a_good_file_and_lists_every_problem_of_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"0.0.0.0:4433\"\n[delivery]\nwindow = 64\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let out = gateway_command(&["config", "check", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("good.toml: ok\n"));
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "listen = \"127.0.0.1:4433\"\n\
+         lisen = \"127.0.0.1:4433\"\n\
+         [delivery]\n\
+         ack_delay_ms = 50\n\
+         retransmit_ms = 10\n\
+         window = -1\n\
+         [admin]\n\
+         listen = \"0.0.0.0:9464\"\n",
+    )
+    .unwrap();
+    let out = gateway_command(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "one line per problem: {stdout}");
+    for (line, (number, key)) in lines.iter().zip([
+        (2, "lisen"),
+        (6, "delivery.window"),
+        (5, "delivery.retransmit_ms"),
+        (8, "admin.listen"),
+    ]) {
+        assert!(
+            line.contains(&format!("line {number}: {key}: ")),
+            "expected line {number} {key} in {line:?}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 problem(s)"));
+}
+
+#[test]
+fn print_config_shows_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        "redis = \"redis://app:hunter2@10.0.0.5:6379\"\n\
+         [auth]\ntoken_secret = \"very-secret\"\n\
+         [admin]\nlisten = \"0.0.0.0:9464\"\ntoken = \"admin-secret\"\n\
+         [delivery]\nwindow = 64\n",
+    )
+    .unwrap();
+    let out = gateway_command(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:5555",
+        "--print-config",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["hunter2", "very-secret", "admin-secret"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    let printed: toml::Table = toml::from_str(&text).expect("printed config is TOML");
+    assert_eq!(
+        printed["listen"].as_str(),
+        Some("127.0.0.1:5555"),
+        "flags win"
+    );
+    assert_eq!(
+        printed["redis"].as_str(),
+        Some("redis://app:********@10.0.0.5:6379")
+    );
+    assert_eq!(printed["delivery"]["window"].as_integer(), Some(64));
+    assert_eq!(
+        printed["delivery"]["queue"].as_integer(),
+        Some(1024),
+        "defaults shown"
+    );
+    assert_eq!(printed["auth"]["token_secret"].as_str(), Some("********"));
+    assert_eq!(printed["plugins"].as_array().map(Vec::len), Some(3));
+    // What it prints, it loads again.
+    std::fs::write(&file, &text).unwrap();
+    let out = gateway_command(&["config", "check", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let config = "[log]\nformat = \"json\"\nlevel = \"info\"\n";
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("gateway.toml"), config).unwrap();
+    let mut child = Command::new(binary("chat-gateway"))
+        .args([
+            "serve",
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(data.path())
+        .arg("--config")
+        .arg(data.path().join("gateway.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let lines = json_lines(&stderr);
+    assert!(lines.len() >= 3, "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str() == Some("drained") && l["level"] == "INFO"),
+        "{stderr}"
+    );
 }

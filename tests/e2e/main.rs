@@ -1,6 +1,7 @@
 //! End-to-end tests: real gateways on loopback QUIC, driven through the client library
 //! (and, in `cli`, through the `chat` and `chat-gateway` binaries).
 
+mod admin;
 mod auth;
 mod bad_input;
 mod cli;

@@ -17,7 +17,7 @@ use chat_protocol::{AckPolicy, MAX_BODY_LEN};
 use serde::{Deserialize, Serialize};
 
 pub use bundled::{BUNDLED, bundled};
-pub use runtime::{Fault, Loaded, Runtime};
+pub use runtime::{Fault, Loaded, PluginMetrics, Runtime};
 
 use crate::session::Publisher;
 use crate::store::{Store, StoredMessage};
@@ -145,6 +145,8 @@ pub enum PluginError {
     Invalid(String),
     #[error("plugin engine: {0}")]
     Engine(String),
+    #[error("no plugin {0:?} is loaded")]
+    NotLoaded(String),
 }
 
 impl PluginError {
@@ -154,7 +156,7 @@ impl PluginError {
 }
 
 /// A loaded plugin, as `plugin check` and operators see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Description {
     pub name: String,
     pub version: String,
@@ -183,13 +185,31 @@ pub enum Refusal {
     UnknownCommand(String),
 }
 
-/// The ordered plugin chain; replaced whole on reload, so a call sees one consistent chain.
+/// A loaded plugin as the admin API shows it: what it is, how it is configured, how it fares.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    #[serde(flatten)]
+    pub description: Description,
+    /// Where it was loaded from (`bundled:NAME` or a file).
+    pub source: String,
+    pub failure: Failure,
+    pub calls: u64,
+    pub faults: u64,
+    /// Disabled after `max_faults` faults in a row, until reloaded.
+    pub disabled: bool,
+}
+
+/// The ordered plugin chain; replaced whole on every change, so a call sees one
+/// consistent chain and calls in flight finish on the one they started with.
 pub struct Plugins {
     runtime: Arc<Runtime>,
     store: Arc<dyn Store>,
     publisher: Arc<Publisher>,
-    chain: RwLock<Arc<Vec<Loaded>>>,
+    chain: RwLock<Arc<Vec<Arc<Loaded>>>>,
+    /// Serializes changes: each builds on the chain the previous one left.
+    changing: tokio::sync::Mutex<()>,
     default_ack: (AckPolicy, AckPolicy),
+    metrics: PluginMetrics,
 }
 
 impl Plugins {
@@ -204,56 +224,145 @@ impl Plugins {
             store,
             publisher,
             chain: RwLock::new(Arc::new(Vec::new())),
+            changing: tokio::sync::Mutex::new(()),
             default_ack,
+            metrics: PluginMetrics::default(),
         }))
+    }
+
+    async fn compile(&self, spec: &PluginSpec) -> Result<Arc<Loaded>, PluginError> {
+        let bytes = spec.read()?;
+        let plugin = Loaded::new(
+            self.runtime.clone(),
+            spec.clone(),
+            &bytes,
+            self.store.clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+        )
+        .await
+        .map_err(|e| PluginError::Invalid(format!("{}: {e}", spec.source)))?;
+        Ok(Arc::new(plugin))
     }
 
     /// Loads `specs` in order and swaps them in. If any fails, nothing changes.
     pub async fn load(&self, specs: &[PluginSpec]) -> Result<Vec<Description>, PluginError> {
+        let _changing = self.changing.lock().await;
         let mut entries = Vec::with_capacity(specs.len());
-        let mut names = HashSet::new();
         for spec in specs {
-            let bytes = spec.read()?;
-            let plugin = Loaded::new(
-                self.runtime.clone(),
-                spec.clone(),
-                &bytes,
-                self.store.clone(),
-                self.publisher.clone(),
-            )
-            .await
-            .map_err(|e| PluginError::Invalid(format!("{}: {e}", spec.source)))?;
+            entries.push(self.compile(spec).await?);
+        }
+        self.swap(entries)
+    }
+
+    /// Loads one more plugin at `position` (default: last). The rest keep running as they are.
+    pub async fn insert(
+        &self,
+        spec: &PluginSpec,
+        position: Option<usize>,
+    ) -> Result<Description, PluginError> {
+        let _changing = self.changing.lock().await;
+        let plugin = self.compile(spec).await?;
+        let description = describe(&plugin);
+        let mut entries = self.chain().as_ref().clone();
+        let at = position.unwrap_or(entries.len());
+        if at > entries.len() {
+            return Err(PluginError::Invalid(format!(
+                "position {at} is past the end of the chain ({} plugins)",
+                entries.len()
+            )));
+        }
+        entries.insert(at, plugin);
+        self.swap(entries)?;
+        Ok(description)
+    }
+
+    /// Loads `name` again from its source (a rebuilt file, say) with fresh instances and
+    /// counters, keeping its place. If it fails to load, the running one stays.
+    pub async fn reload(&self, name: &str) -> Result<Description, PluginError> {
+        let _changing = self.changing.lock().await;
+        let mut entries = self.chain().as_ref().clone();
+        let at = position_of(&entries, name)?;
+        let plugin = self.compile(&entries[at].spec).await?;
+        let description = describe(&plugin);
+        entries[at] = plugin;
+        self.swap(entries)?;
+        Ok(description)
+    }
+
+    /// Unloads `name`; calls in flight finish on the chain they started with.
+    pub async fn remove(&self, name: &str) -> Result<(), PluginError> {
+        let _changing = self.changing.lock().await;
+        let mut entries = self.chain().as_ref().clone();
+        entries.remove(position_of(&entries, name)?);
+        self.swap(entries).map(drop)
+    }
+
+    /// Puts the chain in the order `names` gives: every loaded plugin, each once.
+    pub async fn reorder(&self, names: &[String]) -> Result<(), PluginError> {
+        let _changing = self.changing.lock().await;
+        let entries = self.chain();
+        let mut current: Vec<&str> = entries.iter().map(|e| &*e.name).collect();
+        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        current.sort_unstable();
+        wanted.sort_unstable();
+        if current != wanted {
+            return Err(PluginError::Invalid(format!(
+                "the new order must name every loaded plugin once: {}",
+                current.join(", ")
+            )));
+        }
+        let reordered = names
+            .iter()
+            .map(|name| entries[position_of(&entries, name).expect("checked above")].clone())
+            .collect();
+        self.swap(reordered).map(drop)
+    }
+
+    fn swap(&self, entries: Vec<Arc<Loaded>>) -> Result<Vec<Description>, PluginError> {
+        let mut names = HashSet::new();
+        for plugin in &entries {
             if !names.insert(plugin.name.clone()) {
                 return Err(PluginError::Invalid(format!(
-                    "plugin {} is listed twice",
+                    "plugin {} is loaded already",
                     plugin.name
                 )));
             }
-            entries.push(plugin);
         }
-        let descriptions = entries.iter().map(describe).collect();
+        let descriptions = entries.iter().map(|e| describe(e)).collect();
         *self.chain.write().expect("chain lock") = Arc::new(entries);
         Ok(descriptions)
     }
 
-    fn chain(&self) -> Arc<Vec<Loaded>> {
+    fn chain(&self) -> Arc<Vec<Arc<Loaded>>> {
         self.chain.read().expect("chain lock").clone()
     }
 
+    /// The specs of the running chain, in order (what a restart should load to match).
+    pub fn specs(&self) -> Vec<PluginSpec> {
+        self.chain().iter().map(|e| e.spec.clone()).collect()
+    }
+
     /// The loaded plugins, in order, with their call and fault counts.
-    pub fn describe(&self) -> Vec<(Description, u64, u64, bool)> {
+    pub fn describe(&self) -> Vec<PluginStatus> {
         self.chain()
             .iter()
             .map(|e| {
                 let stats = &e.stats;
-                (
-                    describe(e),
-                    stats.calls.load(Ordering::Relaxed),
-                    stats.faults.load(Ordering::Relaxed),
-                    stats.disabled.load(Ordering::Relaxed),
-                )
+                PluginStatus {
+                    description: describe(e),
+                    source: e.spec.source.clone(),
+                    failure: e.spec.failure,
+                    calls: stats.calls.load(Ordering::Relaxed),
+                    faults: stats.faults.load(Ordering::Relaxed),
+                    disabled: stats.disabled.load(Ordering::Relaxed),
+                }
             })
             .collect()
+    }
+
+    pub(crate) fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// Runs the send hooks in order. `to` (the sender's private recipients) already
@@ -287,9 +396,10 @@ impl Plugins {
                 Ok(wit::SendVerdict::Reject(text)) => return Err(Refusal::Rejected(text)),
                 Ok(wit::SendVerdict::Modify(changes)) => {
                     match changes.body.as_ref().map(Vec::len) {
-                        Some(len) if len > MAX_BODY_LEN => Err(entry.fault(format!(
-                            "returned a body of {len} bytes (limit {MAX_BODY_LEN})"
-                        ))),
+                        Some(len) if len > MAX_BODY_LEN => Err(entry.bad_answer(
+                            "send",
+                            format!("returned a body of {len} bytes (limit {MAX_BODY_LEN})"),
+                        )),
                         _ => Ok(changes),
                     }
                 }
@@ -423,6 +533,13 @@ fn describe(entry: &Loaded) -> Description {
     }
 }
 
+fn position_of(entries: &[Arc<Loaded>], name: &str) -> Result<usize, PluginError> {
+    entries
+        .iter()
+        .position(|e| &*e.name == name)
+        .ok_or_else(|| PluginError::NotLoaded(name.to_owned()))
+}
+
 fn hook_name(hook: wit::Hook) -> &'static str {
     match hook {
         wit::Hook::Send => "send",
@@ -448,6 +565,7 @@ pub async fn check(bytes: &[u8]) -> Result<Description, PluginError> {
         bytes,
         plugins.store.clone(),
         plugins.publisher.clone(),
+        PluginMetrics::default(),
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);

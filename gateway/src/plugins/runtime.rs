@@ -4,7 +4,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
@@ -89,6 +94,45 @@ pub struct Stats {
     pub disabled: AtomicBool,
 }
 
+/// Per plugin and hook: calls with their latency, and faults. Shared by every plugin of a
+/// gateway; a reloaded plugin goes on counting under the same labels.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    calls: crate::metrics::LatencyFamily<PluginHook>,
+    faults: Family<PluginHook, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginHook {
+    plugin: String,
+    hook: &'static str,
+}
+
+impl Default for PluginMetrics {
+    fn default() -> Self {
+        Self {
+            calls: crate::metrics::latency_family(),
+            faults: Family::default(),
+        }
+    }
+}
+
+impl PluginMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        crate::metrics::register_seconds(
+            registry,
+            "plugin_call",
+            "Plugin hook calls and their latency, by plugin and hook (_count: calls)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "plugin_faults",
+            "Plugin faults (trap, timeout, memory cap, bad answer), by plugin and hook",
+            self.faults.clone(),
+        );
+    }
+}
+
 /// A reusable instance: its store and bindings.
 pub struct Instance {
     pub store: Store<HostState>,
@@ -111,6 +155,7 @@ pub struct Loaded {
     config_json: Arc<str>,
     pool: Mutex<Vec<Instance>>,
     pub stats: Stats,
+    metrics: PluginMetrics,
 }
 
 /// Why one call into a plugin failed.
@@ -129,8 +174,15 @@ impl Loaded {
         bytes: &[u8],
         store: Arc<dyn ChatStore>,
         publisher: Arc<Publisher>,
+        metrics: PluginMetrics,
     ) -> Result<Self, PluginError> {
-        let pre = runtime.prepare(bytes)?;
+        // Compiling takes a while: off the async workers, so live traffic goes on meanwhile.
+        let pre = {
+            let (runtime, bytes) = (runtime.clone(), bytes.to_vec());
+            tokio::task::spawn_blocking(move || runtime.prepare(&bytes))
+                .await
+                .map_err(PluginError::engine)??
+        };
         let config_json: Arc<str> = serde_json::to_string(&spec.config)
             .map_err(|e| PluginError::Invalid(format!("config: {e}")))?
             .into();
@@ -147,6 +199,7 @@ impl Loaded {
             config_json,
             pool: Mutex::new(Vec::new()),
             stats: Stats::default(),
+            metrics,
         };
         let info = loaded
             .describe()
@@ -257,6 +310,26 @@ impl Loaded {
             return Err(Fault::Disabled(self.name.to_string()));
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let hook = call.hook();
+        let started = Instant::now();
+        let result = self.call_instance(call).await;
+        if hook != "describe" {
+            let labels = PluginHook {
+                plugin: self.name.to_string(),
+                hook,
+            };
+            self.metrics
+                .calls
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                self.metrics.faults.get_or_create(&labels).inc();
+            }
+        }
+        result
+    }
+
+    async fn call_instance(&self, call: Call<'_>) -> Result<Answer, Fault> {
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -284,6 +357,16 @@ impl Loaded {
         }
     }
 
+    /// A fault in what a call answered (the call itself went fine).
+    pub fn bad_answer(&self, hook: &'static str, reason: String) -> Fault {
+        let labels = PluginHook {
+            plugin: self.name.to_string(),
+            hook,
+        };
+        self.metrics.faults.get_or_create(&labels).inc();
+        self.fault(reason)
+    }
+
     /// Counts a fault, logs it, and disables the plugin after too many in a row.
     pub fn fault(&self, reason: String) -> Fault {
         self.stats.faults.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +391,18 @@ enum Call<'a> {
     FilterRead(&'a str, &'a str, &'a [wit::Stored]),
     Command(&'a str, &'a str, &'a str, &'a [String]),
     AckPolicy(&'a str, &'a str, wit::Delivery),
+}
+
+impl Call<'_> {
+    fn hook(&self) -> &'static str {
+        match self {
+            Call::Describe => "describe",
+            Call::OnSend(_) => "send",
+            Call::FilterRead(..) => "read",
+            Call::Command(..) => "command",
+            Call::AckPolicy(..) => "ack-policy",
+        }
+    }
 }
 
 /// What a hook call returned.

@@ -69,6 +69,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(connection) => connection,
         Err(error) => {
             tracing::debug!(%error, "handshake failed");
+            shared.metrics.reject("handshake_failed");
             return;
         }
     };
@@ -78,26 +79,44 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Ok(Ok(session)) => session,
         Ok(Err(refusal)) => {
             tracing::info!(%remote, code = %refusal.code, reason = %refusal.reason, "connection refused");
+            shared.metrics.reject(refusal.code.name());
             refusal.close(&connection);
             return;
         }
         Err(_) => {
+            tracing::info!(%remote, "connection refused: no Hello in time");
+            shared.metrics.reject("hello_timeout");
             Refusal::new(ErrorCode::PROTOCOL_VIOLATION, "no Hello in time").close(&connection);
             return;
         }
     };
+    shared.metrics.opened.inc();
     tracing::info!(%remote, user = %session.user, device = %session.device, "connected");
     let user = session.user.clone();
     let outcome = run(&connection, &shared, session).await;
     match &outcome {
         Ok(()) => {
-            tracing::info!(%remote, %user, "disconnected");
+            let reason = ended_by(&connection);
+            tracing::info!(%remote, %user, reason, "disconnected");
+            shared.metrics.close(reason);
             connection.close(VarInt::from_u32(0), b"bye");
         }
         Err(refusal) => {
             tracing::info!(%remote, %user, code = %refusal.code, reason = %refusal.reason, "closing connection");
+            shared.metrics.close(refusal.code.name());
             refusal.close(&connection);
         }
+    }
+}
+
+/// How a connection the gateway did not close itself ended: a label for metrics and logs.
+fn ended_by(connection: &Connection) -> &'static str {
+    match connection.close_reason() {
+        None | Some(quinn::ConnectionError::ApplicationClosed(_)) => "client_closed",
+        Some(quinn::ConnectionError::TimedOut) => "idle_timeout",
+        Some(quinn::ConnectionError::LocallyClosed) => "shutting_down",
+        Some(quinn::ConnectionError::Reset) => "reset",
+        Some(_) => "transport_error",
     }
 }
 
@@ -278,7 +297,7 @@ async fn control_loop(
         while let Some(frame) = decoder.next_frame().transpose() {
             let response = match frame {
                 Ok(Frame::Ack { ranges }) => {
-                    shared.delivery.ack_frame();
+                    shared.metrics.ack_frames.inc();
                     let _ = control.send(Control::Ack(ranges));
                     continue;
                 }

@@ -6,24 +6,26 @@ mod pusher;
 mod stats;
 
 pub use stats::DeliveryStats;
+pub(crate) use stats::ServerMetrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_protocol::{ALPN, Frame};
 use quinn::{Endpoint, ServerConfig, VarInt};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::TokenAuthority;
 use crate::bus::{Bus, BusError, LocalBus, RedisBus};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::node::{Control, Node};
 use crate::plugins::{PluginError, PluginSpec, Plugins};
 use crate::session::Publisher;
-use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
+use crate::store::{EmbeddedStore, Metered, RedisStore, Store, StoreError, StoreMetrics};
 use crate::tls::{Identity, TlsError, load_identity};
 use crate::unread::Unread;
 
@@ -38,6 +40,11 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("token secret: {0}")]
     Secret(std::io::Error),
+    #[error("admin API on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,9 +63,79 @@ pub(crate) struct Shared {
     pub node: Arc<Node>,
     pub auth: TokenAuthority,
     pub config: Config,
-    pub delivery: stats::DeliveryCounters,
-    /// Set by [`Gateway::drain`]: new connections are refused.
-    pub draining: AtomicBool,
+    pub metrics: ServerMetrics,
+    pub store_metrics: StoreMetrics,
+    /// Running, draining (new connections refused), or drained.
+    pub drain: watch::Sender<DrainState>,
+    pub endpoint: Endpoint,
+}
+
+/// Where a gateway is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainState {
+    Serving,
+    /// Clients were told to move; no new connection is accepted.
+    Draining,
+    /// Drained: this many connections were still open at the deadline (now closed).
+    Drained {
+        left: usize,
+    },
+}
+
+impl Shared {
+    pub fn draining(&self) -> bool {
+        *self.drain.borrow() != DrainState::Serving
+    }
+
+    /// Drains the gateway, or waits for the drain under way: refuses new connections,
+    /// tells every client to move (`GoAway` with `deadline`), waits until they have gone
+    /// (their pending ACKs and cursors written as each leaves) or the deadline passes,
+    /// counts every staged unread message, leaves the gateway registry, and closes what
+    /// is left. Returns how many connections were still open at the end.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let mut state = self.drain.subscribe();
+        let first = self.drain.send_if_modified(|s| {
+            let serving = *s == DrainState::Serving;
+            if serving {
+                *s = DrainState::Draining;
+            }
+            serving
+        });
+        if !first {
+            return match *state
+                .wait_for(|s| matches!(s, DrainState::Drained { .. }))
+                .await
+                .expect("the sender lives in self")
+            {
+                DrainState::Drained { left } => left,
+                _ => unreachable!("waited for Drained"),
+            };
+        }
+        let node = &self.node;
+        let go_away = Frame::GoAway {
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            server: self.config.drain.server.clone().unwrap_or_default(),
+        }
+        .encode();
+        let told = node.notify_every_connection(|| Control::Notice(go_away.clone()));
+        tracing::info!(
+            connections = told,
+            ?deadline,
+            "draining: clients told to move"
+        );
+        let until = tokio::time::Instant::now() + deadline;
+        while node.local_counts().0 > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = node.local_counts().0;
+        node.unread.flush_all().await;
+        node.unread.retire().await;
+        let code = VarInt::from_u32(chat_protocol::ErrorCode::SHUTTING_DOWN.0.into());
+        self.endpoint.close(code, b"gateway shutting down");
+        tracing::info!(left, "drained");
+        self.drain.send_replace(DrainState::Drained { left });
+        left
+    }
 }
 
 /// A running gateway.
@@ -67,6 +144,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     cert_path: PathBuf,
     tasks: JoinSet<()>,
+    metrics: Arc<Metrics>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -79,7 +158,7 @@ impl Gateway {
             config.tls.key.as_deref(),
         )?;
         let auth = TokenAuthority::new(&config.token_secret().map_err(StartError::Secret)?);
-        let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match config.redis_target() {
+        let (backend, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match config.redis_target() {
             Some(redis) => (
                 Arc::new(RedisStore::connect(&redis).await?),
                 Arc::new(RedisBus::connect(&redis).await?),
@@ -89,6 +168,8 @@ impl Gateway {
                 Arc::new(LocalBus::new()),
             ),
         };
+        let store_metrics = StoreMetrics::default();
+        let store: Arc<dyn Store> = Arc::new(Metered::new(backend, store_metrics.clone()));
         let unread = Unread::start(store.clone(), bus.clone(), config.flush_policy());
         let publisher = Arc::new(Publisher::new(store.clone(), bus.clone(), unread));
         let default_ack = (
@@ -111,10 +192,30 @@ impl Gateway {
             node: node.clone(),
             auth,
             config,
-            delivery: Default::default(),
-            draining: AtomicBool::new(false),
+            metrics: ServerMetrics::default(),
+            store_metrics,
+            drain: watch::Sender::new(DrainState::Serving),
+            endpoint: endpoint.clone(),
         });
+        let metrics = Arc::new(Metrics::new(&shared));
         let mut tasks = JoinSet::new();
+        let admin_addr = if shared.config.admin.enabled {
+            let addr = shared.config.admin.listen;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::AdminBind { addr, source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| StartError::AdminBind { addr, source })?;
+            tasks.spawn(crate::admin::serve(
+                listener,
+                shared.clone(),
+                metrics.clone(),
+            ));
+            Some(addr)
+        } else {
+            None
+        };
         tasks.spawn(node.run_events());
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(Gateway {
@@ -122,6 +223,8 @@ impl Gateway {
             shared,
             cert_path,
             tasks,
+            metrics,
+            admin_addr,
         })
     }
 
@@ -144,9 +247,33 @@ impl Gateway {
         &self.shared.node
     }
 
+    /// Where the admin API listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// What this gateway's connections have pushed and had acknowledged so far.
     pub fn delivery_stats(&self) -> DeliveryStats {
-        self.shared.delivery.snapshot()
+        self.shared.metrics.delivery()
+    }
+
+    /// Every metric, in the Prometheus text format (what `/metrics` serves).
+    pub fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Resolves once the gateway has drained, whoever started it (SIGTERM, the admin
+    /// API); returns how many connections were left at the deadline.
+    pub async fn drained(&self) -> usize {
+        let mut state = self.shared.drain.subscribe();
+        match *state
+            .wait_for(|s| matches!(s, DrainState::Drained { .. }))
+            .await
+            .expect("the sender lives in shared")
+        {
+            DrainState::Drained { left } => left,
+            _ => unreachable!("waited for Drained"),
+        }
     }
 
     /// Replaces the plugin chain without touching connections. If any plugin fails to
@@ -158,31 +285,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// Drains the gateway: refuses new connections, tells every client to move (`GoAway`
-    /// with `deadline`), waits until they have gone (their pending ACKs and cursors
-    /// written as each leaves) or the deadline passes, counts every staged unread
-    /// message, then shuts down. Returns how many connections were still open at the end.
+    /// Drains the gateway (see [`Shared::drain`]), then shuts it down. Returns how many
+    /// connections were still open at the deadline.
     pub async fn drain(self, deadline: Duration) -> usize {
-        self.shared.draining.store(true, Ordering::SeqCst);
-        let node = &self.shared.node;
-        let go_away = Frame::GoAway {
-            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
-            server: self.shared.config.drain.server.clone().unwrap_or_default(),
-        }
-        .encode();
-        let told = node.notify_every_connection(|| Control::Notice(go_away.clone()));
-        tracing::info!(
-            connections = told,
-            ?deadline,
-            "draining: clients told to move"
-        );
-        let until = tokio::time::Instant::now() + deadline;
-        while node.local_counts().0 > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = node.local_counts().0;
-        node.unread.flush_all().await;
-        tracing::info!(left, "drained");
+        let left = self.shared.drain(deadline).await;
         self.shutdown().await;
         left
     }
@@ -208,7 +314,10 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 // A draining gateway takes no one new: clients try their next gateway.
-                Some(incoming) if shared.draining.load(Ordering::SeqCst) => incoming.refuse(),
+                Some(incoming) if shared.draining() => {
+                    shared.metrics.reject("draining");
+                    incoming.refuse();
+                }
                 Some(incoming) => {
                     connections.spawn(connection::serve(incoming, shared.clone()));
                 }

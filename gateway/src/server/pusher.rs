@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::connection::Refusal;
-use super::stats::DeliveryCounters;
+use super::stats::ServerMetrics;
 use crate::node::{Attached, Control, Push};
 use crate::plugins::Plugins;
 use crate::session::RequestError;
@@ -44,7 +44,7 @@ pub(crate) struct Resume {
 pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
     plugins: &'a Plugins,
-    counters: &'a DeliveryCounters,
+    metrics: &'a ServerMetrics,
     user: &'a str,
     device: &'a str,
     delivery: Delivery,
@@ -66,6 +66,8 @@ pub(crate) struct Pusher<'a> {
     /// Groups assumed current on connect that have had no push since: a message sent
     /// before the connect but counted after it reaches them only through `Counted`.
     unconfirmed: HashSet<String>,
+    /// When the oldest live push waiting in `out` reached this gateway.
+    oldest_live: Option<Instant>,
 }
 
 impl<'a> Pusher<'a> {
@@ -108,6 +110,7 @@ impl<'a> Pusher<'a> {
                             .encode(),
                         );
                         unsaved_cursors.insert(m.group.clone(), start);
+                        shared.metrics.skipped.inc_by(start - after);
                     }
                     delivery.join(&m.group, start);
                     unsynced.insert(m.group.clone(), latest);
@@ -122,7 +125,7 @@ impl<'a> Pusher<'a> {
         Self {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
-            counters: &shared.delivery,
+            metrics: &shared.metrics,
             user,
             device,
             delivery,
@@ -133,6 +136,7 @@ impl<'a> Pusher<'a> {
             save_cursors_at: (!unsaved_cursors.is_empty())
                 .then(|| Instant::now() + save_cursors_every),
             out,
+            oldest_live: None,
             unsaved_cursors,
             save_cursors_every,
             unsynced,
@@ -177,7 +181,7 @@ impl<'a> Pusher<'a> {
                 _ = sleep_until(deadline) => {
                     let now = Instant::now();
                     let due = self.delivery.due_retransmits(now);
-                    self.counters.retransmitted(due.len());
+                    self.metrics.retransmits.inc_by(due.len() as u64);
                     self.out.extend(due);
                     if self.save_cursors_at.is_some_and(|at| at <= now) {
                         self.save_progress().await;
@@ -198,7 +202,8 @@ impl<'a> Pusher<'a> {
             .offer(&push.group, push.seq, &push.bytes, false, now)
             == Offer::Send
         {
-            self.counters.pushed(1);
+            self.metrics.pushes.inc();
+            self.oldest_live.get_or_insert(push.received);
             self.out.push(push.bytes.clone());
         }
     }
@@ -220,8 +225,9 @@ impl<'a> Pusher<'a> {
             Control::Ack(ranges) => {
                 let in_flight = self.delivery.in_flight();
                 let advanced = self.delivery.ack(&ranges);
-                self.counters
-                    .acknowledged(in_flight - self.delivery.in_flight());
+                self.metrics
+                    .acked
+                    .inc_by((in_flight - self.delivery.in_flight()) as u64);
                 for (group, seq) in advanced {
                     let saved = self.unsaved_cursors.entry(group).or_default();
                     *saved = (*saved).max(seq);
@@ -317,7 +323,7 @@ impl<'a> Pusher<'a> {
                 if self.delivery.offer(group, seq, &bytes, true, now) != Offer::Send {
                     return Ok(());
                 }
-                self.counters.pushed(1);
+                self.metrics.pushes.inc();
                 self.out.push(bytes);
             }
             if !full {
@@ -338,6 +344,11 @@ impl<'a> Pusher<'a> {
                 reason: format!("push stream failed: {e}"),
             })?;
         self.out.clear();
+        if let Some(oldest) = self.oldest_live.take() {
+            self.metrics
+                .push_delay
+                .observe(oldest.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }

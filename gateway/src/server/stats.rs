@@ -1,14 +1,43 @@
-//! Delivery counters of one gateway, shared by its connection tasks: what benchmarks read
-//! now and what the metrics endpoint exports.
+//! What the QUIC shell counts: connections by how they ended, pushes, retransmits and
+//! ACKs. Read by `/metrics` and by benchmarks ([`DeliveryStats`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
-pub(crate) struct DeliveryCounters {
-    pushes: AtomicU64,
-    retransmits: AtomicU64,
-    ack_frames: AtomicU64,
-    acked: AtomicU64,
+use crate::metrics::{Reason, latency_histogram, register_seconds};
+
+pub(crate) struct ServerMetrics {
+    pub opened: Counter,
+    /// Established connections, by how they ended.
+    pub closed: Family<Reason, Counter>,
+    /// Connections that never got past the handshake, by why.
+    pub rejected: Family<Reason, Counter>,
+    pub pushes: Counter,
+    pub retransmits: Counter,
+    pub ack_frames: Counter,
+    pub acked: Counter,
+    /// Messages announced with `Skipped` instead of pushed (too far behind on connect).
+    pub skipped: Counter,
+    /// How long the oldest live push of each write waited on this gateway.
+    pub push_delay: Histogram,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        Self {
+            opened: Counter::default(),
+            closed: Family::default(),
+            rejected: Family::default(),
+            pushes: Counter::default(),
+            retransmits: Counter::default(),
+            ack_frames: Counter::default(),
+            acked: Counter::default(),
+            skipped: Counter::default(),
+            push_delay: latency_histogram(),
+        }
+    }
 }
 
 /// A snapshot of the delivery counters since the gateway started.
@@ -24,29 +53,71 @@ pub struct DeliveryStats {
     pub acked: u64,
 }
 
-impl DeliveryCounters {
-    pub fn pushed(&self, n: usize) {
-        self.pushes.fetch_add(n as u64, Ordering::Relaxed);
+impl ServerMetrics {
+    pub fn close(&self, reason: &'static str) {
+        self.closed.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn retransmitted(&self, n: usize) {
-        self.retransmits.fetch_add(n as u64, Ordering::Relaxed);
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn ack_frame(&self) {
-        self.ack_frames.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn acknowledged(&self, n: usize) {
-        self.acked.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> DeliveryStats {
+    pub fn delivery(&self) -> DeliveryStats {
         DeliveryStats {
-            pushes: self.pushes.load(Ordering::Relaxed),
-            retransmits: self.retransmits.load(Ordering::Relaxed),
-            ack_frames: self.ack_frames.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
+            pushes: self.pushes.get(),
+            retransmits: self.retransmits.get(),
+            ack_frames: self.ack_frames.get(),
+            acked: self.acked.get(),
         }
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "connections_opened",
+                "Client connections that completed Hello",
+                &self.opened,
+            ),
+            (
+                "pushes",
+                "Messages written to push streams for the first time (live or caught up)",
+                &self.pushes,
+            ),
+            (
+                "pushes_retransmitted",
+                "Pushes written again after their ACK timeout",
+                &self.retransmits,
+            ),
+            ("ack_frames", "Ack frames received", &self.ack_frames),
+            (
+                "pushes_acknowledged",
+                "Pushes acknowledged by clients: messages delivered",
+                &self.acked,
+            ),
+            (
+                "messages_skipped",
+                "Messages announced with Skipped (too far behind on connect) instead of pushed",
+                &self.skipped,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "connections_closed",
+            "Established connections that ended, by reason",
+            self.closed.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections refused before or during Hello, by reason",
+            self.rejected.clone(),
+        );
+        register_seconds(
+            registry,
+            "push_delay",
+            "How long the oldest live push in each write waited on this gateway",
+            self.push_delay.clone(),
+        );
     }
 }

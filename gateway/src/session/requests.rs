@@ -3,13 +3,17 @@
 //! `Error` frame with the same request id.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chat_protocol::{
     Conversation, ErrorCode, Frame, HistoryPage, MAX_BODY_LEN, MAX_FRAME_LEN, MAX_PAGE, MemberInfo,
     Role, valid_id,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use super::publish::Publisher;
 use super::visibility::render;
@@ -74,6 +78,20 @@ pub struct Requests {
     bus: Arc<dyn Bus>,
     publisher: Arc<Publisher>,
     plugins: Arc<Plugins>,
+    /// Requests answered, by frame type and outcome (`ok` or the error code's name).
+    answered: Family<RequestLabels, Counter>,
+    seconds: crate::metrics::LatencyFamily<RequestKind>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    request: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestKind {
+    request: &'static str,
 }
 
 pub fn now_ms() -> u64 {
@@ -130,13 +148,42 @@ impl Requests {
             bus,
             publisher,
             plugins,
+            answered: Family::default(),
+            seconds: crate::metrics::latency_family(),
         }
+    }
+
+    pub(crate) fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "Requests answered, by type and outcome (ok, or the error code; request=\"Send\", outcome=\"ok\" counts messages sent)",
+            self.answered.clone(),
+        );
+        crate::metrics::register_seconds(
+            registry,
+            "request",
+            "Time to answer a request, by type",
+            self.seconds.clone(),
+        );
     }
 
     /// Answers one request frame from `user`.
     pub async fn handle(&self, user: &str, frame: Frame) -> Frame {
         let id = frame.request_id().unwrap_or(0);
-        match self.dispatch(user, frame).await {
+        let request = frame.frame_type().name();
+        let started = Instant::now();
+        let result = self.dispatch(user, frame).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.code().name(),
+        };
+        self.answered
+            .get_or_create(&RequestLabels { request, outcome })
+            .inc();
+        self.seconds
+            .get_or_create(&RequestKind { request })
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(response) => response,
             Err(error) => {
                 if let RequestError::Store(StoreError::Unavailable(_)) | RequestError::Bus(_) =

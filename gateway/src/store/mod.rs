@@ -5,9 +5,11 @@
 //! (redb, one node) is the default.
 
 mod embedded;
+mod metered;
 mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use metered::{Metered, StoreMetrics};
 pub use redis::RedisStore;
 
 use async_trait::async_trait;

@@ -16,10 +16,14 @@ pub mod owners;
 pub mod tally;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chat_protocol::UnreadCount;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 use crate::bus::{Bus, Event, Topic};
@@ -130,6 +134,29 @@ pub struct FlushStats {
     pub staleness: Vec<Duration>,
 }
 
+/// What flushing exports to `/metrics`.
+struct UnreadMetrics {
+    flushes: Counter,
+    messages: Counter,
+    /// Counter writes (`+k` for one member)...
+    writes: Counter,
+    /// ...and the `+1`s they carry: writing one per member per message would take this many.
+    increments: Counter,
+    staleness: Histogram,
+}
+
+impl Default for UnreadMetrics {
+    fn default() -> Self {
+        Self {
+            flushes: Counter::default(),
+            messages: Counter::default(),
+            writes: Counter::default(),
+            increments: Counter::default(),
+            staleness: crate::metrics::latency_histogram(),
+        }
+    }
+}
+
 /// Staleness samples kept.
 const STALENESS_SAMPLES: usize = 100_000;
 
@@ -139,6 +166,9 @@ pub struct Unread {
     policy: FlushPolicy,
     stages: Mutex<Stages>,
     stats: Mutex<FlushStats>,
+    metrics: UnreadMetrics,
+    /// Set once the gateway left the registry: it renews no more.
+    retired: AtomicBool,
     /// Groups to flush now (a full stage, a lagging count someone looked at).
     urgent: mpsc::UnboundedSender<String>,
     owners: Owners,
@@ -166,6 +196,8 @@ impl Unread {
             policy,
             stages: Mutex::new(Stages::default()),
             stats: Mutex::new(FlushStats::default()),
+            metrics: UnreadMetrics::default(),
+            retired: AtomicBool::new(false),
             urgent,
             owners: Owners::new(format!("{:016x}", rand::random::<u64>())),
             uncounted: Mutex::new(HashMap::new()),
@@ -232,7 +264,7 @@ impl Unread {
                 .count_unread(group, from, to, &increments)
                 .await?
             {
-                self.record(batch.len(), increments.len(), &staged);
+                self.record(batch.len(), &increments, &staged);
                 // References after the counts, so they do not delay them; announced after
                 // the references, so a device that connects in between learns of the
                 // range one way or the other.
@@ -413,6 +445,9 @@ impl Unread {
 
     /// Renews this gateway's registration and learns who else is live.
     async fn renew(&self) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         match self
             .store
             .live_gateways(self.owners.me(), now_ms(), GATEWAY_TTL.as_millis() as u64)
@@ -420,6 +455,19 @@ impl Unread {
         {
             Ok(live) => self.owners.set_live(live),
             Err(error) => tracing::debug!(%error, "renewing the gateway registration failed"),
+        }
+    }
+
+    /// Leaves the gateway registry at once (a drained gateway), rather than when its entry
+    /// expires: the others take over counting its groups from their next renewal.
+    pub async fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        if let Err(error) = self
+            .store
+            .live_gateways(self.owners.me(), now_ms(), 0)
+            .await
+        {
+            tracing::warn!(%error, "leaving the gateway registry failed; the entry expires by itself");
         }
     }
 
@@ -470,19 +518,58 @@ impl Unread {
         }
     }
 
+    pub(crate) fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        let counters = [
+            ("unread_flushes", "Unread count flushes written", &m.flushes),
+            (
+                "unread_messages_counted",
+                "Messages counted into unread counts",
+                &m.messages,
+            ),
+            (
+                "unread_counter_writes",
+                "Unread counter writes: one +k per member per flush",
+                &m.writes,
+            ),
+            (
+                "unread_increments",
+                "The +1s those writes carry (merge ratio: increments / counter writes)",
+                &m.increments,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        crate::metrics::register_seconds(
+            registry,
+            "unread_staleness",
+            "How long a message waited until its unread counts were written",
+            m.staleness.clone(),
+        );
+    }
+
     /// What flushing has done so far.
     pub fn stats(&self) -> FlushStats {
         self.stats.lock().expect("stats lock").clone()
     }
 
-    fn record(&self, messages: usize, increments: usize, staged: &[(Counted, Instant)]) {
+    fn record(&self, messages: usize, increments: &[(String, u64)], staged: &[(Counted, Instant)]) {
+        let m = &self.metrics;
+        m.flushes.inc();
+        m.messages.inc_by(messages as u64);
+        m.writes.inc_by(increments.len() as u64);
+        m.increments
+            .inc_by(increments.iter().map(|(_, k)| k).sum::<u64>());
         let mut stats = self.stats.lock().expect("stats lock");
         stats.flushes += 1;
         stats.messages += messages as u64;
-        stats.increments += increments as u64;
-        stats
-            .staleness
-            .extend(staged.iter().map(|(_, at)| at.elapsed()));
+        stats.increments += increments.len() as u64;
+        for (_, at) in staged {
+            let waited = at.elapsed();
+            m.staleness.observe(waited.as_secs_f64());
+            stats.staleness.push(waited);
+        }
         let excess = stats.staleness.len().saturating_sub(STALENESS_SAMPLES);
         stats.staleness.drain(..excess);
     }

@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chat_protocol::AckPolicy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plugins::PluginSpec;
 use crate::redis_target::RedisTarget;
 use crate::unread::FlushPolicy;
+
+mod check;
+
+pub use check::{Problem, check};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,7 +32,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// UDP address to listen on.
@@ -48,12 +52,14 @@ pub struct Config {
     pub unread: UnreadConfig,
     pub offline: OfflineConfig,
     pub drain: DrainConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
     /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
     /// ack-batching; `plugins = []` runs none.
     pub plugins: Option<Vec<PluginSpec>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; with `key`. Unset: a self-signed certificate in `<data_dir>/tls/`.
@@ -61,14 +67,14 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HMAC secret for tokens. Unset: `CHAT_TOKEN_SECRET`, else `<data_dir>/token.secret`.
     pub token_secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Receivers may hold an ACK back this long to batch it.
@@ -83,7 +89,7 @@ pub struct DeliveryConfig {
     pub queue: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransportConfig {
     /// A connection silent this long is closed (clients send keep-alives every 10 s).
@@ -110,12 +116,14 @@ impl Default for Config {
             unread: UnreadConfig::default(),
             offline: OfflineConfig::default(),
             drain: DrainConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
             plugins: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnreadConfig {
     /// Staged unread increments are written at least this often (the counts' staleness).
@@ -134,7 +142,7 @@ impl Default for UnreadConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OfflineConfig {
     /// Groups kept in each user's offline buffer (references only). Past it the oldest
@@ -154,7 +162,7 @@ impl Default for OfflineConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrainConfig {
     /// On SIGTERM, clients get this long to move before the gateway closes what is left.
@@ -169,6 +177,77 @@ impl Default for DrainConfig {
             deadline_s: 30,
             server: None,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin HTTP API (health, metrics, plugins, drain).
+    pub enabled: bool,
+    /// TCP address of the admin API. Anywhere but loopback it requires `token`.
+    pub listen: SocketAddr,
+    /// Bearer token the admin API requires (all but `/health` and `/ready`).
+    /// Unset: `CHAT_ADMIN_TOKEN`; unset there too, no token (loopback only).
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9464".parse().expect("valid address"),
+            token: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token: config, then `CHAT_ADMIN_TOKEN`.
+    pub fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            std::env::var("CHAT_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or per-module directives
+    /// (`info,chat_gateway::plugins=debug`). `CHAT_LOG` overrides it.
+    pub level: String,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A level (`info`), or directives (`info,chat_gateway::plugins=debug`). A lone word must
+/// be a level: a typo would otherwise pass as a module name and silence every log.
+fn valid_log_filter(filter: &str) -> bool {
+    if filter.contains(['=', ',']) {
+        tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+    } else {
+        filter
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
     }
 }
 
@@ -267,45 +346,79 @@ impl Config {
         Ok(config)
     }
 
+    /// The first problem of [`Config::problems`], if any.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some((key, message)) => Err(ConfigError::Invalid(format!("{key}: {message}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every inconsistency among the values, each as (dotted key, what is wrong).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, ok: bool, message: String| {
+            if !ok {
+                problems.push((key.to_owned(), message));
+            }
+        };
         let d = &self.delivery;
-        if d.retransmit_ms <= d.ack_delay_ms {
-            return Err(ConfigError::Invalid(format!(
-                "delivery.retransmit_ms ({}) must exceed delivery.ack_delay_ms ({})",
-                d.retransmit_ms, d.ack_delay_ms
-            )));
+        problem(
+            "delivery.retransmit_ms",
+            d.retransmit_ms > d.ack_delay_ms,
+            format!(
+                "must exceed delivery.ack_delay_ms ({}), or every push is sent twice",
+                d.ack_delay_ms
+            ),
+        );
+        for (key, value) in [
+            ("delivery.ack_batch", usize::from(d.ack_batch)),
+            ("delivery.window", d.window),
+            ("delivery.queue", d.queue),
+            ("offline.capacity", self.offline.capacity),
+            ("offline.max_catch_up", self.offline.max_catch_up as usize),
+            ("unread.flush_ms", self.unread.flush_ms as usize),
+            ("unread.flush_at", self.unread.flush_at),
+            (
+                "transport.idle_timeout_s",
+                self.transport.idle_timeout_s as usize,
+            ),
+            (
+                "transport.hello_timeout_s",
+                self.transport.hello_timeout_s as usize,
+            ),
+        ] {
+            problem(key, value > 0, "must be at least 1".into());
         }
-        if d.ack_batch == 0 || d.window == 0 || d.queue == 0 {
-            return Err(ConfigError::Invalid(
-                "delivery.ack_batch, window and queue must be at least 1".into(),
-            ));
-        }
-        if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(ConfigError::Invalid(
-                "tls.cert and tls.key go together".into(),
-            ));
-        }
-        if self.offline.capacity == 0 || self.offline.max_catch_up == 0 {
-            return Err(ConfigError::Invalid(
-                "offline.capacity and offline.max_catch_up must be at least 1".into(),
-            ));
-        }
-        if self.unread.flush_ms == 0 || self.unread.flush_at == 0 {
-            return Err(ConfigError::Invalid(
-                "unread.flush_ms and unread.flush_at must be at least 1".into(),
-            ));
-        }
-        if self.redis.is_some() && !self.redis_cluster.is_empty() {
-            return Err(ConfigError::Invalid(
-                "redis and redis_cluster exclude each other: give one".into(),
-            ));
-        }
-        if self.transport.idle_timeout_s == 0 || self.transport.hello_timeout_s == 0 {
-            return Err(ConfigError::Invalid(
-                "transport timeouts must be at least 1 s".into(),
-            ));
-        }
-        Ok(())
+        problem(
+            if self.tls.cert.is_some() {
+                "tls.key"
+            } else {
+                "tls.cert"
+            },
+            self.tls.cert.is_some() == self.tls.key.is_some(),
+            "tls.cert and tls.key go together".into(),
+        );
+        problem(
+            "redis_cluster",
+            self.redis.is_none() || self.redis_cluster.is_empty(),
+            "redis and redis_cluster exclude each other: give one".into(),
+        );
+        let admin = &self.admin;
+        problem(
+            "admin.listen",
+            !admin.enabled || admin.listen.ip().is_loopback() || admin.token().is_some(),
+            format!(
+                "{} is reachable from other hosts: set admin.token (or CHAT_ADMIN_TOKEN)",
+                admin.listen
+            ),
+        );
+        problem(
+            "log.level",
+            valid_log_filter(&self.log.level),
+            format!("{:?} is not a log level or filter", self.log.level),
+        );
+        problems
     }
 
     /// The token secret: config, then `CHAT_TOKEN_SECRET`, then `<data_dir>/token.secret`.

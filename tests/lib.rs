@@ -150,6 +150,25 @@ impl TestGateway {
         self.gateway().admin_addr().expect("admin API on")
     }
 
+    /// This gateway's id in the gateway registry.
+    pub fn gateway_id(&self) -> String {
+        self.gateway().node().unread.gateway_id().to_owned()
+    }
+
+    /// The gateways its store holds live now (the registry that decides unread owners).
+    pub async fn live_gateways(&self) -> Vec<String> {
+        let now = chat_gateway::session::now_ms();
+        let mut live = self
+            .gateway()
+            .node()
+            .store
+            .live_gateways("probe", now, 0)
+            .await
+            .expect("store reachable");
+        live.retain(|id| id != "probe");
+        live
+    }
+
     /// Resolves once the gateway has drained (on the admin API, say).
     pub async fn drained(&self) -> usize {
         self.gateway().drained().await

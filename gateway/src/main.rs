@@ -223,7 +223,10 @@ async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<(
             _ = terminate.recv() => break,
             _ = hangup.recv() => reload_plugins(&gateway, config_file.as_deref()).await,
             // Drained on the admin API: exit as after SIGTERM.
-            _ = gateway.drained() => break,
+            _ = gateway.drained() => {
+                gateway.shutdown().await;
+                return Ok(());
+            }
         }
     }
     // Clients move to other gateways (or come back after a restart) without loss.

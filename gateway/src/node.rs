@@ -77,7 +77,7 @@ pub enum Control {
     /// The group's messages up to `seq` are counted (and in offline buffers): one the
     /// connection has not had is caught up from the log.
     Counted {
-        group: String,
+        group: Arc<str>,
         seq: u64,
     },
 }
@@ -164,6 +164,8 @@ pub struct Node {
     /// topic reach the bus in the order the map changed.
     topics: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
+    /// Woken whenever a connection detaches (a drain waits for the last one).
+    detached: tokio::sync::Notify,
     /// Live pushes not queued because a connection's queue was full (it reads the log instead).
     dropped_pushes: Counter,
     /// Time to hand one message to every local connection in its group.
@@ -200,6 +202,7 @@ impl Node {
             local: RwLock::new(LocalMap::default()),
             topics: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
+            detached: tokio::sync::Notify::new(),
             dropped_pushes: Counter::default(),
             fan_out_seconds: crate::metrics::latency_histogram(),
             events: Counter::default(),
@@ -296,6 +299,7 @@ impl Node {
             );
             local.conns.remove(&id);
         }
+        self.detached.notify_waiters();
         if let Err(error) = self.apply(changes).await {
             tracing::warn!(%error, "unsubscribe failed");
         }
@@ -433,9 +437,10 @@ impl Node {
         let Some(conns) = local.groups.get(group) else {
             return;
         };
+        let group: Arc<str> = group.into();
         for handle in conns.values() {
             let _ = handle.control.send(Control::Counted {
-                group: group.to_owned(),
+                group: group.clone(),
                 seq,
             });
         }
@@ -477,6 +482,22 @@ impl Node {
     pub fn local_counts(&self) -> (usize, usize) {
         let local = self.local.read().expect("local map lock");
         (local.conns.len(), local.groups.len())
+    }
+
+    /// Waits until no connection is left here or `until` passes; returns how many are left.
+    pub async fn connections_gone(&self, until: tokio::time::Instant) -> usize {
+        loop {
+            // Registered before the count is read, so a detach in between still wakes us.
+            let detached = self.detached.notified();
+            let left = self.local_counts().0;
+            if left == 0 || tokio::time::Instant::now() >= until {
+                return left;
+            }
+            tokio::select! {
+                _ = detached => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// The local map's sizes and queue depths now (one pass over the connections).

@@ -560,3 +560,43 @@ fn json_logs_are_one_object_per_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_drain_on_the_admin_api_ends_the_process_with_exit_0() {
+    let data = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(binary("chat-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin"])
+        .arg(admin.to_string())
+        .arg("--data")
+        .arg(data.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(admin) {
+            use std::io::{Read, Write};
+            stream
+                .write_all(b"POST /drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the admin API did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after the drain");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+}

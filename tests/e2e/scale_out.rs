@@ -269,6 +269,11 @@ async fn draining_a_gateway_moves_its_clients_without_loss_or_repeats() {
     let (left, took, _drained) = drained.await.unwrap();
     assert_eq!(left, 0, "every client moved before the deadline");
     assert!(took < deadline, "drained in {took:?}");
+    assert_eq!(
+        gws[0].live_gateways().await,
+        [gws[0].gateway_id()],
+        "the drained gateway left the registry at once, not 3 s later"
+    );
 
     assert_log_holds(&carol, &accepted).await;
     for client in [&alice, &bob, &carol] {

@@ -123,11 +123,9 @@ impl Shared {
             ?deadline,
             "draining: clients told to move"
         );
-        let until = tokio::time::Instant::now() + deadline;
-        while node.local_counts().0 > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = node.local_counts().0;
+        let left = node
+            .connections_gone(tokio::time::Instant::now() + deadline)
+            .await;
         node.unread.flush_all().await;
         node.unread.retire().await;
         let code = VarInt::from_u32(chat_protocol::ErrorCode::SHUTTING_DOWN.0.into());

@@ -216,7 +216,7 @@ impl<'a> Pusher<'a> {
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
             Control::Counted { group, seq } => {
-                if self.unconfirmed.remove(&group)
+                if self.unconfirmed.remove(&*group)
                     && self.delivery.sent(&group).is_some_and(|sent| sent < seq)
                 {
                     self.delivery.mark_behind(&group);

@@ -145,6 +145,11 @@ impl TestGateway {
             .await
     }
 
+    /// Every metric, as `/metrics` serves them.
+    pub fn metrics(&self) -> String {
+        self.gateway().metrics()
+    }
+
     /// The admin API's address.
     pub fn admin(&self) -> SocketAddr {
         self.gateway().admin_addr().expect("admin API on")

@@ -145,7 +145,11 @@ fn main() -> anyhow::Result<()> {
             }
             config.validate()?;
             init_logging(&config.log)?;
-            tokio::runtime::Builder::new_multi_thread()
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if config.runtime.worker_threads > 0 {
+                runtime.worker_threads(config.runtime.worker_threads);
+            }
+            runtime
                 .enable_all()
                 .build()?
                 .block_on(serve(config, place.config))

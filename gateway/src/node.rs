@@ -171,6 +171,8 @@ pub struct Node {
     /// Time to hand one message to every local connection in its group.
     fan_out_seconds: Histogram,
     events: Counter,
+    /// The bus lost its subscriptions and resubscribed: every local connection was caught up.
+    resyncs: Counter,
 }
 
 /// Point-in-time figures of the local map, for `/metrics` and the admin API.
@@ -206,6 +208,7 @@ impl Node {
             dropped_pushes: Counter::default(),
             fan_out_seconds: crate::metrics::latency_histogram(),
             events: Counter::default(),
+            resyncs: Counter::default(),
         })
     }
 
@@ -364,6 +367,7 @@ impl Node {
             }
             Event::Uncounted { groups } => self.unread.uncounted(groups),
             Event::Resync => {
+                self.resyncs.inc();
                 self.notify_every_connection(|| Control::Resync);
             }
         }
@@ -543,6 +547,11 @@ impl Node {
             "bus_events",
             "Events received from the bus (messages, membership, unread flushes)",
             self.events.clone(),
+        );
+        registry.register(
+            "bus_resyncs",
+            "Times the bus lost pub/sub (Redis restarted, connection dropped), resubscribed and caught every local connection up from the log",
+            self.resyncs.clone(),
         );
         crate::metrics::register_seconds(
             registry,

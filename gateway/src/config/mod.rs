@@ -54,6 +54,7 @@ pub struct Config {
     pub drain: DrainConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     /// The plugin chain, in order. Unset: the bundled delete-filter, private-messages and
     /// ack-batching; `plugins = []` runs none.
     pub plugins: Option<Vec<PluginSpec>>,
@@ -100,6 +101,16 @@ pub struct TransportConfig {
     pub conn_window_kb: u32,
     /// Time allowed from the QUIC handshake to a valid `Hello`.
     pub hello_timeout_s: u64,
+    /// UDP socket receive and send buffers asked for (the kernel caps them at
+    /// `net.core.rmem_max` / `wmem_max`). Small buffers drop datagrams under fan-out bursts.
+    pub udp_buffer_kb: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Async worker threads; 0: one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -118,6 +129,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            runtime: RuntimeConfig::default(),
             plugins: None,
         }
     }
@@ -281,6 +293,7 @@ impl Default for TransportConfig {
             stream_window_kb: 64,
             conn_window_kb: 256,
             hello_timeout_s: 10,
+            udp_buffer_kb: 4096,
         }
     }
 }

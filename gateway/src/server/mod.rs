@@ -181,11 +181,10 @@ impl Gateway {
         let node = Node::new(store, bus, plugins, publisher, config.delivery.queue);
         let cert_path = identity.cert_path.clone();
         let server_config = server_config(identity, &config)?;
-        let endpoint =
-            Endpoint::server(server_config, config.listen).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let endpoint = bind(&config, server_config).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let shared = Arc::new(Shared {
             node: node.clone(),
             auth,
@@ -326,6 +325,30 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     }
     // Dropping the set aborts the connection tasks, releasing their hold on the node.
     connections.shutdown().await;
+}
+
+/// The endpoint on its UDP socket, with the socket buffers fan-out bursts need.
+fn bind(config: &Config, server_config: ServerConfig) -> std::io::Result<Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    let buffer = config.transport.udp_buffer_kb as usize * 1024;
+    // Best effort: the kernel caps what it grants; quinn works with less, only drops more.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    if config.listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&config.listen.into())?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 fn server_config(identity: Identity, config: &Config) -> Result<ServerConfig, StartError> {

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use chat_protocol::{AckPolicy, AckRange, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use futures_util::StreamExt;
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, SendStream};
 
 /// Members per client endpoint (UDP socket), as the ceiling's load.
 const MEMBERS_PER_ENDPOINT: usize = 1000;
@@ -56,7 +56,6 @@ fn sent_ns(body: &[u8]) -> Option<u64> {
 pub struct Member {
     connection: Connection,
     control: SendStream,
-    push: RecvStream,
     policy: AckPolicy,
 }
 
@@ -128,11 +127,10 @@ async fn join(endpoint: &Endpoint, addr: SocketAddr, token: String) -> anyhow::R
             .context("control stream closed before Welcome")?;
         decoder.extend(&chunk.bytes);
     };
-    let push = connection.accept_uni().await?;
+    // The gateway's push stream shows up with its first push.
     Ok(Member {
         connection,
         control,
-        push,
         policy,
     })
 }
@@ -176,10 +174,22 @@ impl Member {
         let mut ack_due: Option<Instant> = None;
         let delay = Duration::from_millis(self.policy.max_delay_ms.into());
         let start_stats = self.connection.stats().udp_tx.datagrams;
+        let accepted = tokio::time::timeout_at(deadline.into(), self.connection.accept_uni()).await;
+        let mut push = match accepted {
+            Ok(Ok(push)) => push,
+            Ok(Err(e)) => {
+                received.error = Some(e.to_string());
+                return received;
+            }
+            Err(_) => {
+                received.error = Some("no push stream before the deadline".into());
+                return received;
+            }
+        };
         while received.unique < expected {
             let wake = ack_due.map_or(deadline, |due| due.min(deadline));
             let read = tokio::select! {
-                read = self.push.read_chunk(MAX_FRAME_LEN, true) => read,
+                read = push.read_chunk(MAX_FRAME_LEN, true) => read,
                 _ = tokio::time::sleep_until(wake.into()) => {
                     if Instant::now() >= deadline {
                         received.error = Some("deadline".into());

@@ -229,7 +229,10 @@ impl Member {
                     continue;
                 };
                 let seq = message.seq;
-                let last = latest.entry(message.group.clone()).or_default();
+                let last = match latest.get_mut(&message.group) {
+                    Some(last) => last,
+                    None => latest.entry(message.group.clone()).or_default(),
+                };
                 if seq > *last {
                     *last = seq;
                     received.unique += 1;

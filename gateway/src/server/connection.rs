@@ -284,7 +284,9 @@ fn gone() -> Refusal {
     Refusal::new(ErrorCode::INTERNAL, "connection lost")
 }
 
-/// Reads request frames and answers them in order; forwards ACKs to the pusher.
+/// Reads request frames and answers them in order; forwards ACKs to the pusher. The
+/// requests that arrived together are answered together (`Requests::handle_all`: a
+/// pipelined run of sends is stored as one batch) and their responses written at once.
 async fn control_loop(
     shared: &Shared,
     user: &str,
@@ -293,30 +295,53 @@ async fn control_loop(
     mut decoder: FrameDecoder,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
 ) -> Result<(), Refusal> {
+    let mut out = Vec::new();
     loop {
+        let mut requests = Vec::new();
         while let Some(frame) = decoder.next_frame().transpose() {
-            let response = match frame {
+            match frame {
                 Ok(Frame::Ack { ranges }) => {
                     shared.metrics.ack_frames.inc();
                     let _ = control.send(Control::Ack(ranges));
-                    continue;
                 }
-                Ok(Frame::Hello { .. }) => Frame::Error {
+                Ok(Frame::Hello { .. }) => requests.push(Err(Frame::Error {
                     id: 0,
                     code: ErrorCode::PROTOCOL_VIOLATION,
                     message: "already authenticated".into(),
-                },
-                Ok(request) => shared.node.requests.handle(user, request).await,
-                Err(error) => classify(error)?,
-            };
-            if send.write_all(&response.encode()).await.is_err() {
-                return Ok(());
+                })),
+                Ok(request) => requests.push(Ok(request)),
+                Err(error) => requests.push(Err(classify(error)?)),
             }
         }
+        // Runs of requests go to the handler together; ready answers keep their place.
+        let mut pending = Vec::new();
+        for item in requests {
+            match item {
+                Ok(request) => pending.push(request),
+                Err(answer) => {
+                    answer_all(shared, user, std::mem::take(&mut pending), &mut out).await;
+                    out.extend_from_slice(&answer.encode());
+                }
+            }
+        }
+        answer_all(shared, user, pending, &mut out).await;
+        if !out.is_empty() && send.write_all(&out).await.is_err() {
+            return Ok(());
+        }
+        out.clear();
         match recv.read_chunk(MAX_FRAME_LEN, true).await {
             Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
             // The client finished or reset its stream, or the connection closed: a normal end.
             Ok(None) | Err(_) => return Ok(()),
         }
+    }
+}
+
+async fn answer_all(shared: &Shared, user: &str, requests: Vec<Frame>, out: &mut Vec<u8>) {
+    if requests.is_empty() {
+        return;
+    }
+    for response in shared.node.requests.handle_all(user, requests).await {
+        out.extend_from_slice(&response.encode());
     }
 }

@@ -68,6 +68,9 @@ pub(crate) struct Pusher<'a> {
     unconfirmed: HashSet<String>,
     /// When the oldest live push waiting in `out` reached this gateway.
     oldest_live: Option<Instant>,
+    /// Wakes the connection for retransmits, a catch-up retry or a cursor save, at `timer_at`.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer_at: Option<Instant>,
 }
 
 impl<'a> Pusher<'a> {
@@ -137,6 +140,8 @@ impl<'a> Pusher<'a> {
                 .then(|| Instant::now() + save_cursors_every),
             out,
             oldest_live: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
             unsaved_cursors,
             save_cursors_every,
             unsynced,
@@ -163,6 +168,14 @@ impl<'a> Pusher<'a> {
             .into_iter()
             .flatten()
             .min();
+            // One timer per connection, moved only when the deadline does: not a timer
+            // registered and cancelled every turn.
+            if deadline != self.timer_at {
+                if let Some(at) = deadline {
+                    self.timer.as_mut().reset(at.into());
+                }
+                self.timer_at = deadline;
+            }
             tokio::select! {
                 push = self.pushes.recv() => {
                     let Some(push) = push else { return Ok(()) };
@@ -178,7 +191,8 @@ impl<'a> Pusher<'a> {
                     Some(Control::Finish) | None => return Ok(()),
                     Some(control) => self.on_control(control).await,
                 },
-                _ = sleep_until(deadline) => {
+                _ = &mut self.timer, if self.timer_at.is_some() => {
+                    self.timer_at = None;
                     let now = Instant::now();
                     let due = self.delivery.due_retransmits(now);
                     self.metrics.retransmits.inc_by(due.len() as u64);
@@ -353,9 +367,4 @@ impl<'a> Pusher<'a> {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
-}
+

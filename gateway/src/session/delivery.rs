@@ -8,6 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,8 +27,10 @@ pub enum Offer {
     NotMember,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GroupState {
+    /// The group's id, shared by its retransmit entries (no allocation per push).
+    name: Arc<str>,
     /// Highest seq written to the connection (or the start point, before any).
     sent: u64,
     /// Highest seq such that it and everything before it is acknowledged.
@@ -46,7 +49,7 @@ pub struct Delivery {
     window: usize,
     groups: HashMap<String, GroupState>,
     /// (deadline, seq, group), soonest first; acknowledged entries are skipped lazily.
-    retransmits: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    retransmits: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
     in_flight: usize,
     behind: BTreeSet<String>,
 }
@@ -71,6 +74,7 @@ impl Delivery {
         self.groups
             .entry(group.to_owned())
             .or_insert_with(|| GroupState {
+                name: group.into(),
                 sent: after,
                 acked: after,
                 pending: BTreeMap::new(),
@@ -153,7 +157,7 @@ impl Delivery {
         state.pending.insert(seq, (bytes.clone(), timeout));
         self.in_flight += 1;
         self.retransmits
-            .push(Reverse((now + timeout, seq, group.to_owned())));
+            .push(Reverse((now + timeout, seq, state.name.clone())));
         Offer::Send
     }
 
@@ -213,7 +217,7 @@ impl Delivery {
                 break;
             }
             let Reverse((_, seq, group)) = self.retransmits.pop().expect("peeked");
-            let Some((bytes, timeout)) = self.groups.get(&group).and_then(|g| g.pending.get(&seq))
+            let Some((bytes, timeout)) = self.groups.get(&*group).and_then(|g| g.pending.get(&seq))
             else {
                 continue;
             };

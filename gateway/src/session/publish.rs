@@ -11,7 +11,9 @@ use chat_protocol::{Message, encode_push};
 use super::visibility::placeholder;
 use crate::bus::{Bus, Event, PrivateDelivery, Topic};
 use crate::session::{RequestError, now_ms};
-use crate::store::{Appended, NewMessage, PageFrom, SeqRange, Store, StoredMessage};
+use crate::store::{
+    Appended, NewMessage, PageFrom, SeqRange, Store, StoreError, StoredMessage,
+};
 use crate::unread::{Counted, Unread};
 
 pub struct Publisher {
@@ -32,35 +34,70 @@ impl Publisher {
 
     /// Appends `message` to its group's log and publishes it, unless it is a repeat.
     pub async fn publish(&self, message: NewMessage) -> Result<Appended, RequestError> {
-        let group = message.group.clone();
-        let sender = message.sender.clone();
-        let visible_to = message.visible_to.clone();
-        let body = message.body.clone();
-        let appended = self.store.append(message).await?;
-        if appended.duplicate {
-            // The first attempt may have died between append and publish (a killed
-            // gateway): publish the stored message again; receivers drop seqs they have.
-            self.republish(&group, appended.seq).await;
-            return Ok(appended);
-        }
-        self.unread.stage(
-            &group,
-            Counted {
-                seq: appended.seq,
-                sender: sender.clone(),
-                visible_to: visible_to.clone(),
-            },
-        );
-        let stored = StoredMessage {
-            group,
-            seq: appended.seq,
-            sender,
-            ts_ms: appended.ts_ms,
-            body,
-            visible_to,
+        let mut results = self.publish_batch(vec![message]).await;
+        results.pop().expect("one result per message")
+    }
+
+    /// Appends `messages` in order as one store step (one fsync on the embedded store)
+    /// and publishes each that is not a repeat: one result per message.
+    pub async fn publish_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<Appended, RequestError>> {
+        // What publishing needs once the store has given each its seq.
+        let kept: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                let (group, sender) = (m.group.clone(), m.sender.clone());
+                (group, sender, m.visible_to.clone(), m.body.clone())
+            })
+            .collect();
+        let appended = match self.store.append_batch(messages).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                let error = error.to_string();
+                return kept
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(error.clone()).into()))
+                    .collect();
+            }
         };
-        self.broadcast(stored).await;
-        Ok(appended)
+        let mut results = Vec::with_capacity(kept.len());
+        for ((group, sender, visible_to, body), appended) in kept.into_iter().zip(appended) {
+            let appended = match appended {
+                Ok(appended) => appended,
+                Err(error) => {
+                    results.push(Err(error.into()));
+                    continue;
+                }
+            };
+            if appended.duplicate {
+                // The first attempt may have died between append and publish (a killed
+                // gateway): publish the stored message again; receivers drop seqs they have.
+                self.republish(&group, appended.seq).await;
+                results.push(Ok(appended));
+                continue;
+            }
+            self.unread.stage(
+                &group,
+                Counted {
+                    seq: appended.seq,
+                    sender: sender.clone(),
+                    visible_to: visible_to.clone(),
+                },
+            );
+            let stored = StoredMessage {
+                group,
+                seq: appended.seq,
+                sender,
+                ts_ms: appended.ts_ms,
+                body,
+                visible_to,
+            };
+            self.broadcast(stored).await;
+            results.push(Ok(appended));
+        }
+        results
     }
 
     /// Publishes a stored message on its group's topic, encoded once for every receiver.

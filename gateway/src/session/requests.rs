@@ -173,6 +173,78 @@ impl Requests {
         let request = frame.frame_type().name();
         let started = Instant::now();
         let result = self.dispatch(user, frame).await;
+        self.answer(user, id, request, started, result)
+    }
+
+    /// Answers request frames from `user` in order, one response each. A run of `Send`s
+    /// (a client pipelining its messages) is checked one by one, then stored as one batch:
+    /// one store step, one fsync on the embedded store, in the order they came.
+    pub async fn handle_all(&self, user: &str, frames: Vec<Frame>) -> Vec<Frame> {
+        let mut responses = Vec::with_capacity(frames.len());
+        let mut sends = Vec::new();
+        for frame in frames {
+            match frame {
+                Frame::Send {
+                    id,
+                    group,
+                    msg_id,
+                    body,
+                    to,
+                } => {
+                    let started = Instant::now();
+                    let prepared = self.prepare_send(user, group, msg_id, body, to).await;
+                    sends.push((id, started, prepared));
+                }
+                request => {
+                    self.send_all(user, std::mem::take(&mut sends), &mut responses)
+                        .await;
+                    responses.push(self.handle(user, request).await);
+                }
+            }
+        }
+        self.send_all(user, sends, &mut responses).await;
+        responses
+    }
+
+    /// Stores and publishes the prepared sends as one batch; appends their responses.
+    async fn send_all(
+        &self,
+        user: &str,
+        sends: Vec<(u32, Instant, Result<NewMessage, RequestError>)>,
+        responses: &mut Vec<Frame>,
+    ) {
+        if sends.is_empty() {
+            return;
+        }
+        let messages: Vec<NewMessage> = sends
+            .iter()
+            .filter_map(|(_, _, prepared)| prepared.as_ref().ok().cloned())
+            .collect();
+        let mut published = self.publisher.publish_batch(messages).await.into_iter();
+        for (id, started, prepared) in sends {
+            let result = prepared.and_then(|message| {
+                let appended = published.next().expect("one result per message")?;
+                Ok(Frame::Sent {
+                    id,
+                    group: message.group,
+                    seq: appended.seq,
+                    ts_ms: appended.ts_ms,
+                    duplicate: appended.duplicate,
+                })
+            });
+            responses.push(self.answer(user, id, "Send", started, result));
+        }
+    }
+
+    /// Counts and times a request's outcome and turns an error into its `Error` frame.
+    fn answer(
+        &self,
+        user: &str,
+        id: u32,
+        request: &'static str,
+        started: Instant,
+        result: Result<Frame, RequestError>,
+    ) -> Frame {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) => error.code().name(),
@@ -224,7 +296,18 @@ impl Requests {
                 msg_id,
                 body,
                 to,
-            } => self.send(id, user, group, msg_id, body, to).await,
+            } => {
+                let message = self.prepare_send(user, group, msg_id, body, to).await?;
+                let group = message.group.clone();
+                let appended = self.publisher.publish(message).await?;
+                Ok(Frame::Sent {
+                    id,
+                    group,
+                    seq: appended.seq,
+                    ts_ms: appended.ts_ms,
+                    duplicate: appended.duplicate,
+                })
+            }
             Frame::History {
                 id,
                 group,
@@ -396,15 +479,16 @@ impl Requests {
         Ok(Frame::Members { id, members })
     }
 
-    async fn send(
+    /// Everything about a send but storing it: limits, membership, private recipients,
+    /// the plugins' verdict. What comes out is ready to append.
+    async fn prepare_send(
         &self,
-        id: u32,
         user: &str,
         group: String,
         msg_id: String,
         body: Bytes,
         mut to: Vec<String>,
-    ) -> Result<Frame, RequestError> {
+    ) -> Result<NewMessage, RequestError> {
         if body.len() > MAX_BODY_LEN {
             return Err(RequestError::BodyTooLarge(body.len()));
         }
@@ -421,21 +505,13 @@ impl Requests {
             }
         }
         let outcome = self.plugins.on_send(&group, user, body, to).await?;
-        let message = NewMessage {
-            group: group.clone(),
+        Ok(NewMessage {
+            group,
             sender: user.to_owned(),
             msg_id,
             body: outcome.body,
             ts_ms: now_ms(),
             visible_to: outcome.visible_to,
-        };
-        let appended = self.publisher.publish(message).await?;
-        Ok(Frame::Sent {
-            id,
-            group,
-            seq: appended.seq,
-            ts_ms: appended.ts_ms,
-            duplicate: appended.duplicate,
         })
     }
 

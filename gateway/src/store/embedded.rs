@@ -115,6 +115,53 @@ impl EmbeddedStore {
     }
 }
 
+/// Appends `m` inside `tx`. A refused message (no such group) writes nothing; any other
+/// error leaves `tx` half-written, to be dropped.
+fn append_in(tx: &redb::WriteTransaction, m: &NewMessage) -> Result<Appended, StoreError> {
+    let mut ids = tx.open_table(MSG_IDS)?;
+    let id_key = (m.group.as_str(), m.sender.as_str(), m.msg_id.as_str());
+    if let Some(seq) = ids.get(id_key)? {
+        let seq = seq.value();
+        let ts_ms = tx
+            .open_table(MESSAGES)?
+            .get((m.group.as_str(), seq))?
+            .map_or(m.ts_ms, |v| v.value().1);
+        return Ok(Appended {
+            seq,
+            ts_ms,
+            duplicate: true,
+        });
+    }
+    let mut groups = tx.open_table(GROUPS)?;
+    let (owner, created, head) = match groups.get(m.group.as_str())? {
+        Some(g) => {
+            let (owner, created, head, _) = g.value();
+            (owner.to_owned(), created, head)
+        }
+        None => return Err(StoreError::NoSuchGroup(m.group.clone())),
+    };
+    let seq = head + 1;
+    groups.insert(m.group.as_str(), (owner.as_str(), created, seq, m.ts_ms))?;
+    tx.open_table(MESSAGES)?.insert(
+        (m.group.as_str(), seq),
+        (m.sender.as_str(), m.ts_ms, &m.body[..]),
+    )?;
+    ids.insert(id_key, seq)?;
+    if let Some(to) = &m.visible_to {
+        tx.open_table(PRIVATE)?
+            .insert((m.group.as_str(), seq), to.join(",").as_str())?;
+        let mut index = tx.open_table(PRIVATE_INDEX)?;
+        for user in to {
+            index.insert((user.as_str(), m.group.as_str(), seq), ())?;
+        }
+    }
+    Ok(Appended {
+        seq,
+        ts_ms: m.ts_ms,
+        duplicate: false,
+    })
+}
+
 /// A write transaction that skips the fsync: for state derived from the durable log or
 /// safe to lose (the next durable commit persists it, in order).
 fn begin_unsynced_write(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
@@ -320,54 +367,31 @@ impl Store for EmbeddedStore {
     }
 
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        let mut results = self.append_batch(vec![m]).await?;
+        results.pop().expect("one result per message")
+    }
+
+    /// One write transaction and one fsync for the whole batch: what makes a sender's
+    /// pipelined messages (and everyone's, when they arrive together) cheap to store.
+    async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         self.run(move |db| {
             let tx = db.begin_write()?;
-            let appended = {
-                let mut ids = tx.open_table(MSG_IDS)?;
-                let id_key = (m.group.as_str(), m.sender.as_str(), m.msg_id.as_str());
-                if let Some(seq) = ids.get(id_key)? {
-                    let seq = seq.value();
-                    let ts_ms = tx
-                        .open_table(MESSAGES)?
-                        .get((m.group.as_str(), seq))?
-                        .map_or(m.ts_ms, |v| v.value().1);
-                    return Ok(Appended {
-                        seq,
-                        ts_ms,
-                        duplicate: true,
-                    });
-                }
-                let mut groups = tx.open_table(GROUPS)?;
-                let (owner, created, head) = match groups.get(m.group.as_str())? {
-                    Some(g) => {
-                        let (owner, created, head, _) = g.value();
-                        (owner.to_owned(), created, head)
+            let mut results = Vec::with_capacity(messages.len());
+            for m in &messages {
+                match append_in(&tx, m) {
+                    Err(StoreError::NoSuchGroup(group)) => {
+                        results.push(Err(StoreError::NoSuchGroup(group)))
                     }
-                    None => return Err(StoreError::NoSuchGroup(m.group)),
-                };
-                let seq = head + 1;
-                groups.insert(m.group.as_str(), (owner.as_str(), created, seq, m.ts_ms))?;
-                tx.open_table(MESSAGES)?.insert(
-                    (m.group.as_str(), seq),
-                    (m.sender.as_str(), m.ts_ms, &m.body[..]),
-                )?;
-                ids.insert(id_key, seq)?;
-                if let Some(to) = &m.visible_to {
-                    tx.open_table(PRIVATE)?
-                        .insert((m.group.as_str(), seq), to.join(",").as_str())?;
-                    let mut index = tx.open_table(PRIVATE_INDEX)?;
-                    for user in to {
-                        index.insert((user.as_str(), m.group.as_str(), seq), ())?;
-                    }
+                    // Anything else may have left the transaction half-written: none of it commits.
+                    Err(error) => return Err(error),
+                    Ok(appended) => results.push(Ok(appended)),
                 }
-                Appended {
-                    seq,
-                    ts_ms: m.ts_ms,
-                    duplicate: false,
-                }
-            };
+            }
             tx.commit()?;
-            Ok(appended)
+            Ok(results)
         })
         .await
     }

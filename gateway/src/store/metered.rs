@@ -101,6 +101,7 @@ metered! {
     fn groups_of(&self, user: &str) -> Vec<Membership>;
     fn conversations(&self, user: &str) -> Vec<(Membership, GroupInfo)>;
     fn append(&self, message: NewMessage) -> Appended;
+    fn append_batch(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>>;
     fn messages(&self, group: &str, range: SeqRange, from: PageFrom, limit: usize) -> Vec<StoredMessage>;
     fn cursors(&self, user: &str, device: &str) -> Vec<(String, u64)>;
     fn plugin_get(&self, plugin: &str, key: &str) -> Option<Bytes>;

@@ -198,6 +198,20 @@ pub trait Store: Send + Sync + 'static {
     /// recipients only: one index entry per recipient, none for everybody else.
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
+    /// Appends several messages in order, each as `append` would (a refused one does not
+    /// stop the rest), in as few steps as the store can: one transaction and one fsync
+    /// on the embedded store. `Err` only when the whole batch failed, storing nothing.
+    async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.append(message).await);
+        }
+        Ok(results)
+    }
+
     /// Up to `limit` messages of `range`, ascending by seq.
     async fn messages(
         &self,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_protocol::{
     DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION, valid_id,
 };
+use futures_util::FutureExt;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{Shared, pusher};
@@ -333,6 +334,15 @@ async fn control_loop(
             Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
             // The client finished or reset its stream, or the connection closed: a normal end.
             Ok(None) | Err(_) => return Ok(()),
+        }
+        // A chunk is one packet's worth: take whatever else has arrived too, so that a
+        // pipelining client's requests are answered (and its sends stored) together.
+        // (`read_chunk` is cancel-safe; an end of stream is seen on the next turn.)
+        while decoder.buffered() < MAX_FRAME_LEN {
+            match recv.read_chunk(MAX_FRAME_LEN, true).now_or_never() {
+                Some(Ok(Some(chunk))) => decoder.extend(&chunk.bytes),
+                _ => break,
+            }
         }
     }
 }

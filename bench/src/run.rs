@@ -48,7 +48,10 @@ pub async fn run(workload: &Workload, variant: Variant, binary: &Path) -> anyhow
         "members and messages must be multiples of groups"
     );
     let deployment = Deployment::start(variant, binary).await?;
-    eprintln!("[chat-bench] {variant:?} up; setting up {} group(s)", w.groups);
+    eprintln!(
+        "[chat-bench] {variant:?} up; setting up {} group(s)",
+        w.groups
+    );
     let tokens = TokenAuthority::new(SECRET.as_bytes());
     let token = |user: &str| tokens.mint(user, 3600).expect("minting a token");
     let gateways: Vec<_> = deployment.gateways.iter().map(|g| g.addr).collect();
@@ -84,7 +87,10 @@ pub async fn run(workload: &Workload, variant: Variant, binary: &Path) -> anyhow
     let redis_cpu = deployment.redis_cpu();
     let cpu = deployment.cpu();
 
-    eprintln!("[chat-bench] connected in {connect_s:.1} s; sending {} messages", w.messages);
+    eprintln!(
+        "[chat-bench] connected in {connect_s:.1} s; sending {} messages",
+        w.messages
+    );
     let clock = Arc::new(Clock::new());
     let per_member = (w.messages / w.groups) as u64;
     let patience = if w.rate > 0.0 {

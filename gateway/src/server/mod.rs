@@ -2,6 +2,7 @@
 //! `session` and `node`; this module only moves bytes between them and the sockets.
 
 mod connection;
+mod cursors;
 mod pusher;
 mod stats;
 
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub config: Config,
     pub metrics: ServerMetrics,
     pub store_metrics: StoreMetrics,
+    /// Every connection's delivery cursors, written together.
+    pub cursors: Arc<cursors::Cursors>,
     /// Running, draining (new connections refused), or drained.
     pub drain: watch::Sender<DrainState>,
     pub endpoint: Endpoint,
@@ -126,6 +129,7 @@ impl Shared {
         let left = node
             .connections_gone(tokio::time::Instant::now() + deadline)
             .await;
+        self.cursors.flush().await;
         node.unread.flush_all().await;
         node.unread.retire().await;
         let code = VarInt::from_u32(chat_protocol::ErrorCode::SHUTTING_DOWN.0.into());
@@ -191,6 +195,7 @@ impl Gateway {
             config,
             metrics: ServerMetrics::default(),
             store_metrics,
+            cursors: cursors::Cursors::new(node.store.clone()),
             drain: watch::Sender::new(DrainState::Serving),
             endpoint: endpoint.clone(),
         });
@@ -214,6 +219,10 @@ impl Gateway {
             None
         };
         tasks.spawn(node.run_events());
+        tasks.spawn(cursors::Cursors::flush_forever(
+            Arc::downgrade(&shared.cursors),
+            shared.config.flush_policy().every,
+        ));
         tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(Gateway {
             endpoint,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::connection::Refusal;
+use super::cursors::Cursors;
 use super::stats::ServerMetrics;
 use crate::node::{Attached, Control, Push};
 use crate::plugins::Plugins;
@@ -45,6 +46,7 @@ pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
     plugins: &'a Plugins,
     metrics: &'a ServerMetrics,
+    cursors: &'a Cursors,
     user: &'a str,
     device: &'a str,
     delivery: Delivery,
@@ -129,6 +131,7 @@ impl<'a> Pusher<'a> {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
             metrics: &shared.metrics,
+            cursors: &shared.cursors,
             user,
             device,
             delivery,
@@ -153,6 +156,8 @@ impl<'a> Pusher<'a> {
     pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
         let result = self.serve(&mut stream).await;
         self.save_progress().await;
+        // A device reconnecting elsewhere right away resumes from what this one acknowledged.
+        self.cursors.flush().await;
         result
     }
 
@@ -259,35 +264,31 @@ impl<'a> Pusher<'a> {
     /// Writes the merged cursor advances in one store call and, once the device has
     /// everything its offline buffer named on connect, that it is in sync up to there.
     async fn save_progress(&mut self) {
-        self.save_cursors().await;
+        self.save_cursors();
         if !self.unsynced.is_empty() {
             return;
         }
-        if let Some(position) = self.sync_position.take()
-            && let Err(error) = self
-                .store
-                .offline_synced(self.user, self.device, position)
-                .await
+        let Some(position) = self.sync_position.take() else {
+            return;
+        };
+        // The sync point claims the cursors it covers are stored: write them first.
+        self.cursors.flush().await;
+        if let Err(error) = self
+            .store
+            .offline_synced(self.user, self.device, position)
+            .await
         {
             // The next connect of this device is more careful: it reads every head.
             tracing::warn!(user = %self.user, %error, "saving the offline sync point failed");
         }
     }
 
-    async fn save_cursors(&mut self) {
+    /// Hands the merged cursor advances to the gateway's batcher (`Cursors`).
+    fn save_cursors(&mut self) {
         self.save_cursors_at = None;
-        if self.unsaved_cursors.is_empty() {
-            return;
-        }
-        let cursors: Vec<(String, u64)> = self.unsaved_cursors.drain().collect();
-        if let Err(error) = self
-            .store
-            .advance_cursors(self.user, self.device, &cursors)
-            .await
-        {
-            // The pushes stay acknowledged here; a lost cursor only means a redelivery
-            // (dropped by the client) after the next reconnect.
-            tracing::warn!(user = %self.user, %error, "saving delivery cursors failed");
+        if !self.unsaved_cursors.is_empty() {
+            self.cursors
+                .record(self.user, self.device, self.unsaved_cursors.drain());
         }
     }
 
@@ -366,5 +367,3 @@ impl<'a> Pusher<'a> {
         Ok(())
     }
 }
-
-

@@ -11,9 +11,7 @@ use chat_protocol::{Message, encode_push};
 use super::visibility::placeholder;
 use crate::bus::{Bus, Event, PrivateDelivery, Topic};
 use crate::session::{RequestError, now_ms};
-use crate::store::{
-    Appended, NewMessage, PageFrom, SeqRange, Store, StoreError, StoredMessage,
-};
+use crate::store::{Appended, NewMessage, PageFrom, SeqRange, Store, StoreError, StoredMessage};
 use crate::unread::{Counted, Unread};
 
 pub struct Publisher {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Appended, GroupInfo, Membership, NewMessage, OfflineBuffer, PageFrom, SeqRange, Store,
-    StoreError, StoredMessage, UnreadState,
+    Appended, CursorAdvance, GroupInfo, Membership, NewMessage, OfflineBuffer, PageFrom, SeqRange,
+    Store, StoreError, StoredMessage, UnreadState,
 };
 
 /// group → (owner, created_ms, head_seq, last_ts_ms)
@@ -536,6 +536,28 @@ impl Store for EmbeddedStore {
                     let current = cursors.get(key)?.map_or(0, |v| v.value());
                     if *seq > current {
                         cursors.insert(key, *seq)?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
+        let batch = batch.to_vec();
+        self.run(move |db| {
+            let tx = begin_unsynced_write(db)?;
+            {
+                let mut table = tx.open_table(CURSORS)?;
+                for (user, device, updates) in &batch {
+                    for (group, seq) in updates {
+                        let key = (user.as_str(), device.as_str(), group.as_str());
+                        let current = table.get(key)?.map_or(0, |v| v.value());
+                        if *seq > current {
+                            table.insert(key, *seq)?;
+                        }
                     }
                 }
             }

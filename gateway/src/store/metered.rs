@@ -108,6 +108,7 @@ metered! {
     fn plugin_set(&self, plugin: &str, key: &str, value: &[u8]) -> ();
     fn plugin_delete(&self, plugin: &str, key: &str) -> ();
     fn advance_cursors(&self, user: &str, device: &str, cursors: &[(String, u64)]) -> ();
+    fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> ();
     fn counted_seq(&self, group: &str) -> u64;
     fn count_unread(&self, group: &str, from: u64, to: u64, increments: &[(String, u64)]) -> Option<Vec<(String, u64)>>;
     fn mark_read(&self, group: &str, user: &str, read_seq: u64, count: u64, counted: u64) -> bool;

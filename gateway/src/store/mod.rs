@@ -48,6 +48,9 @@ pub struct Membership {
     pub joined_seq: u64,
 }
 
+/// One device's cursor advances: user, device, (group, seq) pairs.
+pub type CursorAdvance = (String, String, Vec<(String, u64)>);
+
 /// A message to append to a group's log.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -240,6 +243,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Up to where `group`'s messages are counted in its members' unread counts.
+    /// Advances the cursors of many devices at once: `(user, device, cursors)` each. The
+    /// embedded store writes them in one transaction; the default sends them concurrently.
+    async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
+        let writes = batch
+            .iter()
+            .map(|(user, device, cursors)| self.advance_cursors(user, device, cursors));
+        futures_util::future::try_join_all(writes).await.map(drop)
+    }
+
     async fn counted_seq(&self, group: &str) -> Result<u64, StoreError>;
 
     /// Counts `group`'s messages `from + 1 ..= to`: adds each `(user, k)` to that user's

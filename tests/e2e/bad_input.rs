@@ -198,3 +198,62 @@ async fn oversize_bodies_and_invalid_ids_are_refused_and_store_nothing() {
         1
     );
 }
+
+/// A client pipelining sends (all in one write) gets one answer each, in order: the run
+/// is stored as one batch with consecutive seqs, a refused send in the middle refuses
+/// only itself, and a request of another kind keeps its place.
+#[tokio::test]
+async fn pipelined_sends_are_answered_in_order_and_one_bad_send_spoils_nothing() {
+    let gw = TestGateway::start().await;
+    let alice = gw.connect("alice").await;
+    alice.create_group("g", &users(&["bob"])).await.unwrap();
+    let (_connection, mut send, mut recv, mut decoder) = authenticated(&gw, "alice").await;
+    let message = |id: u32, group: &str| Frame::Send {
+        id,
+        group: group.into(),
+        msg_id: format!("m{id}"),
+        body: format!("body {id}").into(),
+        to: vec![],
+    };
+    let mut burst = Vec::new();
+    for id in 1..=30 {
+        let frame = match id {
+            10 => message(id, "not-mine"),
+            20 => Frame::ListMembers {
+                id,
+                group: "g".into(),
+                after: String::new(),
+                limit: 10,
+            },
+            _ => message(id, "g"),
+        };
+        burst.extend_from_slice(&frame.encode());
+    }
+    send.write_all(&burst).await.unwrap();
+    let mut seqs = Vec::new();
+    for id in 1..=30 {
+        match next_frame(&mut recv, &mut decoder).await {
+            Frame::Sent { id: got, seq, .. } => {
+                assert_eq!(got, id);
+                seqs.push(seq);
+            }
+            Frame::Error { id: 10, code, .. } if id == 10 => {
+                assert_eq!(code, ErrorCode::NOT_MEMBER)
+            }
+            Frame::Members { id: 20, .. } if id == 20 => {}
+            other => panic!("answer {id}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=28).collect::<Vec<u64>>(),
+        "stored in the order sent"
+    );
+    let bob = gw.connect("bob").await;
+    let got = texts(&receive(&bob, 28).await);
+    let expected: Vec<String> = (1..=30)
+        .filter(|id| *id != 10 && *id != 20)
+        .map(|id| format!("body {id}"))
+        .collect();
+    assert_eq!(got, expected);
+}

@@ -185,11 +185,12 @@ impl<'a> Pusher<'a> {
                 push = self.pushes.recv() => {
                     let Some(push) = push else { return Ok(()) };
                     self.offer_live(push);
-                    while self.out.len() < BATCH {
-                        match self.pushes.try_recv() {
-                            Ok(push) => self.offer_live(push),
-                            Err(_) => break,
-                        }
+                    self.take_queued();
+                    if self.out.len() < BATCH {
+                        // Let the tasks already woken (the node fanning out the events that
+                        // arrived with this one) run first: more pushes share each packet.
+                        tokio::task::yield_now().await;
+                        self.take_queued();
                     }
                 }
                 control = self.control.recv() => match control {
@@ -209,6 +210,16 @@ impl<'a> Pusher<'a> {
             }
             if self.lagged.swap(false, Ordering::Relaxed) {
                 self.delivery.resync_all();
+            }
+        }
+    }
+
+    /// Offers what else is queued, up to a batch.
+    fn take_queued(&mut self) {
+        while self.out.len() < BATCH {
+            match self.pushes.try_recv() {
+                Ok(push) => self.offer_live(push),
+                Err(_) => break,
             }
         }
     }

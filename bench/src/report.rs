@@ -298,16 +298,14 @@ fn print_bar(medians: &Medians, lines: &[(Scenario, Value)]) {
         ratio(s10k, gw, "gateway/no-plugins", "deliveries_per_s"),
         |v| v >= 0.9,
     );
-    check(
-        "3 gateways ÷ 1 gateway, saturate-10k deliveries/s (scaling)",
-        ratio(
-            s10k,
-            "gateway/three-gateways",
-            "gateway/redis",
-            "deliveries_per_s",
-        ),
-        |_| true,
-    );
+    if let Some(scaling) = ratio(
+        s10k,
+        "gateway/three-gateways",
+        "gateway/redis",
+        "deliveries_per_s",
+    ) {
+        println!("info 3 gateways ÷ 1 gateway on Redis, saturate-10k deliveries/s: {scaling:.2}");
+    }
     let lost: f64 = lines.iter().filter_map(|(_, l)| l["lost"].as_f64()).sum();
     let failed = lines
         .iter()

@@ -169,6 +169,12 @@ impl Requests {
 
     /// Answers one request frame from `user`.
     pub async fn handle(&self, user: &str, frame: Frame) -> Frame {
+        let mut responses = self.handle_all(user, vec![frame]).await;
+        responses.pop().expect("one response per request")
+    }
+
+    /// Answers one request that is not a `Send` (those go through `send_all`).
+    async fn handle_one(&self, user: &str, frame: Frame) -> Frame {
         let id = frame.request_id().unwrap_or(0);
         let request = frame.frame_type().name();
         let started = Instant::now();
@@ -198,7 +204,7 @@ impl Requests {
                 request => {
                     self.send_all(user, std::mem::take(&mut sends), &mut responses)
                         .await;
-                    responses.push(self.handle(user, request).await);
+                    responses.push(self.handle_one(user, request).await);
                 }
             }
         }
@@ -290,24 +296,8 @@ impl Requests {
                 after,
                 limit,
             } => self.list_members(id, user, &group, &after, limit).await,
-            Frame::Send {
-                id,
-                group,
-                msg_id,
-                body,
-                to,
-            } => {
-                let message = self.prepare_send(user, group, msg_id, body, to).await?;
-                let group = message.group.clone();
-                let appended = self.publisher.publish(message).await?;
-                Ok(Frame::Sent {
-                    id,
-                    group,
-                    seq: appended.seq,
-                    ts_ms: appended.ts_ms,
-                    duplicate: appended.duplicate,
-                })
-            }
+            // `handle_all` takes every `Send` aside and stores the run with `send_all`.
+            Frame::Send { .. } => unreachable!("sends are answered by send_all"),
             Frame::History {
                 id,
                 group,

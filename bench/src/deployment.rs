@@ -40,6 +40,13 @@ impl Variant {
     }
 }
 
+/// The gateway binary and what to add to each generated config.
+pub struct Launch {
+    pub binary: PathBuf,
+    /// TOML appended to the config (after every generated table).
+    pub extra_config: String,
+}
+
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
@@ -55,7 +62,8 @@ pub struct Deployment {
 
 impl Deployment {
     /// Starts the variant's processes and waits until every gateway is ready.
-    pub async fn start(variant: Variant, binary: &Path) -> anyhow::Result<Self> {
+    pub async fn start(variant: Variant, launch: &Launch) -> anyhow::Result<Self> {
+        let binary = &launch.binary;
         let dir = tempfile::tempdir()?;
         let redis = match variant.redis() {
             true => Some(start_redis(dir.path())?),
@@ -89,6 +97,7 @@ impl Deployment {
             if variant == Variant::NoPlugins {
                 config = format!("plugins = []\n{config}");
             }
+            config = format!("{config}\n{}\n", launch.extra_config);
             let file = data.join("gateway.toml");
             std::fs::write(&file, config)?;
             let child = Command::new(binary)

@@ -141,8 +141,6 @@ pub struct Received {
     pub unique: u64,
     /// End-to-end latency of each, in microseconds.
     pub latencies_us: Vec<u32>,
-    /// UDP datagrams this member sent to the gateway (ACKs of both kinds included).
-    pub datagrams_sent: u64,
     /// When the last unique push arrived.
     pub last_at: Option<Instant>,
     pub error: Option<String>,
@@ -151,6 +149,10 @@ pub struct Received {
 }
 
 impl Member {
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.connection.stats()
+    }
+
     /// Reads pushes until `expected` unique ones arrived or `deadline` passes,
     /// acknowledging them as the Welcome's live policy says.
     pub async fn receive(
@@ -162,7 +164,6 @@ impl Member {
         let mut received = Received {
             unique: 0,
             latencies_us: Vec::with_capacity(expected as usize),
-            datagrams_sent: 0,
             last_at: None,
             error: None,
             connection: self.connection.clone(),
@@ -173,7 +174,6 @@ impl Member {
         let mut pending_count = 0u16;
         let mut ack_due: Option<Instant> = None;
         let delay = Duration::from_millis(self.policy.max_delay_ms.into());
-        let start_stats = self.connection.stats().udp_tx.datagrams;
         let accepted = tokio::time::timeout_at(deadline.into(), self.connection.accept_uni()).await;
         let mut push = match accepted {
             Ok(Ok(push)) => push,
@@ -256,7 +256,6 @@ impl Member {
             }
         }
         let _ = self.ack(&mut pending).await;
-        received.datagrams_sent = self.connection.stats().udp_tx.datagrams - start_stats;
         received
     }
 
@@ -285,4 +284,44 @@ fn add_ack(pending: &mut Vec<AckRange>, group: String, seq: u64) {
         first: seq,
         last: seq,
     });
+}
+
+/// What the members' connections carried during the run (QUIC's own counters).
+#[derive(Default)]
+pub struct Transport {
+    /// UDP datagrams the members sent (QUIC ACKs and application ACKs together), and
+    /// received from the gateway.
+    pub sent: u64,
+    pub received: u64,
+    frames_sent: quinn::FrameStats,
+    frames_received: quinn::FrameStats,
+}
+
+impl Transport {
+    pub fn between(before: &[quinn::ConnectionStats], after: &[Connection]) -> Self {
+        let mut t = Self::default();
+        for (before, connection) in before.iter().zip(after) {
+            let now = connection.stats();
+            t.sent += now.udp_tx.datagrams - before.udp_tx.datagrams;
+            t.received += now.udp_rx.datagrams - before.udp_rx.datagrams;
+            add_frames(&mut t.frames_sent, &now.frame_tx, &before.frame_tx);
+            add_frames(&mut t.frames_received, &now.frame_rx, &before.frame_rx);
+        }
+        t
+    }
+
+    /// The frames that matter here, for the log: where the packets went.
+    pub fn frames(&self) -> String {
+        let (tx, rx) = (&self.frames_sent, &self.frames_received);
+        format!(
+            "sent {} ACK, {} STREAM, {} PING; received {} ACK, {} STREAM, {} PING",
+            tx.acks, tx.stream, tx.ping, rx.acks, rx.stream, rx.ping
+        )
+    }
+}
+
+fn add_frames(sum: &mut quinn::FrameStats, now: &quinn::FrameStats, before: &quinn::FrameStats) {
+    sum.acks += now.acks - before.acks;
+    sum.stream += now.stream - before.stream;
+    sum.ping += now.ping - before.ping;
 }

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use deployment::Variant;
+use anyhow::Context;
+use deployment::{Launch, Variant};
 use report::Scenario;
 use run::Workload;
 
@@ -33,6 +34,10 @@ struct Cli {
     /// The `chat-gateway` binary [default: next to this one].
     #[arg(long, global = true)]
     gateway: Option<PathBuf>,
+    /// A TOML file appended to every gateway's generated config, e.g. a `[[plugins]]`
+    /// chain with another ACK policy (tables only: it comes last).
+    #[arg(long, global = true)]
+    gateway_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,9 +81,16 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let gateway = match cli.gateway {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("chat-gateway"),
+    let gateway = Launch {
+        binary: match cli.gateway {
+            Some(path) => path,
+            None => std::env::current_exe()?.with_file_name("chat-gateway"),
+        },
+        extra_config: match &cli.gateway_config {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            None => String::new(),
+        },
     };
     // One worker, as the ceiling's load: the machine has two cores and the gateway one.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::deployment::Variant;
+use crate::deployment::{Launch, Variant};
 use crate::run::{Workload, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -84,7 +84,7 @@ pub struct Plan {
     pub jsonl: Option<PathBuf>,
 }
 
-pub async fn compare(plan: &Plan, gateway: &Path) -> anyhow::Result<()> {
+pub async fn compare(plan: &Plan, gateway: &Launch) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     for &scenario in &plan.scenarios {
         let mut variants = plan.variants.clone();

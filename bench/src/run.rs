@@ -1,7 +1,6 @@
 //! One run: deploy, set up the groups, connect the members, send, wait for every
 //! delivery, and read what it cost. Prints nothing; returns the JSON line.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use chat_gateway::auth::TokenAuthority;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::deployment::{Deployment, SECRET, Variant};
+use crate::deployment::{Deployment, Launch, SECRET, Variant};
 use crate::load::{self, Clock};
 use crate::procfs;
 
@@ -41,13 +40,13 @@ pub struct Workload {
     pub window: usize,
 }
 
-pub async fn run(workload: &Workload, variant: Variant, binary: &Path) -> anyhow::Result<Value> {
+pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> anyhow::Result<Value> {
     let w = workload;
     anyhow::ensure!(
         w.groups >= 1 && w.members.is_multiple_of(w.groups) && w.messages.is_multiple_of(w.groups),
         "members and messages must be multiples of groups"
     );
-    let deployment = Deployment::start(variant, binary).await?;
+    let deployment = Deployment::start(variant, gateway).await?;
     eprintln!(
         "[chat-bench] {variant:?} up; setting up {} group(s)",
         w.groups
@@ -100,24 +99,26 @@ pub async fn run(workload: &Workload, variant: Variant, binary: &Path) -> anyhow
     };
     let go = Instant::now();
     let deadline = go + patience;
+    let before: Vec<quinn::ConnectionStats> = members.iter().map(|m| m.stats()).collect();
     let receivers: Vec<_> = members
         .into_iter()
         .map(|m| tokio::spawn(m.receive(per_member, clock.clone(), deadline)))
         .collect();
     let send_errors = send(&sender, &groups, w, &clock).await;
     let mut latencies = Vec::with_capacity(w.members * per_member as usize);
-    let (mut deliveries, mut datagrams, mut errors, mut last) = (0u64, 0u64, 0usize, go);
+    let (mut deliveries, mut errors, mut last) = (0u64, 0usize, go);
     let mut connections = Vec::with_capacity(w.members);
     for receiver in receivers {
         let received = receiver.await?;
         deliveries += received.unique;
-        datagrams += received.datagrams_sent;
         latencies.extend(received.latencies_us);
         errors += usize::from(received.error.is_some());
         last = last.max(received.last_at.unwrap_or(go));
         connections.push(received.connection);
     }
     let duration = last.duration_since(go).as_secs_f64().max(1e-9);
+    let transport = load::Transport::between(&before, &connections);
+    eprintln!("[chat-bench] members' QUIC frames: {}", transport.frames());
     let server_cpu = deployment.cpu().saturating_sub(cpu).as_secs_f64();
     let ack_frames = deployment.counter("chat_ack_frames_total").await - ack_frames;
     let retransmits = deployment.counter("chat_pushes_retransmitted_total").await - retransmits;
@@ -155,7 +156,8 @@ pub async fn run(workload: &Workload, variant: Variant, binary: &Path) -> anyhow
         "load_cpu_s": round(procfs::own_cpu().saturating_sub(load_cpu).as_secs_f64(), 2),
         "connect_s": round(connect_s, 3),
         "ack_frames_per_delivery": round(ack_frames / deliveries.max(1) as f64, 4),
-        "client_datagrams_per_delivery": round(datagrams as f64 / deliveries.max(1) as f64, 4),
+        "client_datagrams_per_delivery": round(transport.sent as f64 / deliveries.max(1) as f64, 4),
+        "gateway_datagrams_per_delivery": round(transport.received as f64 / deliveries.max(1) as f64, 4),
         "retransmits": retransmits,
         "send_errors": send_errors,
         "member_errors": errors,

@@ -72,8 +72,10 @@ pub enum Control {
     Finish,
     /// Live events may have been missed: catch every group up from the log.
     Resync,
-    /// A frame for the push stream outside the delivery window (e.g. `UnreadChanged`).
+    /// A frame for the push stream outside the delivery window, to write now (`GoAway`).
     Notice(Bytes),
+    /// An `UnreadChanged` frame: it may wait briefly to share a packet with the next push.
+    Unread(Bytes),
     /// The group's messages up to `seq` are counted (and in offline buffers): one the
     /// connection has not had is caught up from the log.
     Counted {
@@ -88,8 +90,18 @@ struct ConnHandle {
     user: Arc<str>,
     pushes: mpsc::Sender<Arc<Push>>,
     control: mpsc::UnboundedSender<Control>,
-    /// Set when a push was dropped because `pushes` was full: the connection catches up from the log.
-    lagged: Arc<AtomicBool>,
+    flags: Arc<ConnFlags>,
+}
+
+/// State the node and a connection's pusher share without a message.
+#[derive(Debug)]
+pub struct ConnFlags {
+    /// Set when a push was dropped because the queue was full: the connection catches up
+    /// from the log.
+    pub lagged: AtomicBool,
+    /// Cleared by the pusher once every group has had a push since the connect: until
+    /// then it wants `Control::Counted` (after that, one per flush would only wake it).
+    pub wants_counted: AtomicBool,
 }
 
 /// A connection's side of its registration.
@@ -98,7 +110,7 @@ pub struct Attached {
     pub pushes: mpsc::Receiver<Arc<Push>>,
     pub control_tx: mpsc::UnboundedSender<Control>,
     pub control: mpsc::UnboundedReceiver<Control>,
-    pub lagged: Arc<AtomicBool>,
+    pub flags: Arc<ConnFlags>,
 }
 
 #[derive(Default)]
@@ -236,12 +248,15 @@ impl Node {
     pub async fn attach(&self, user: &str) -> Result<(Attached, Vec<Membership>), AttachError> {
         let (pushes_tx, pushes) = mpsc::channel(self.queue);
         let (control_tx, control) = mpsc::unbounded_channel();
-        let lagged = Arc::new(AtomicBool::new(false));
+        let flags = Arc::new(ConnFlags {
+            lagged: AtomicBool::new(false),
+            wants_counted: AtomicBool::new(true),
+        });
         let handle = ConnHandle {
             user: user.into(),
             pushes: pushes_tx,
             control: control_tx.clone(),
-            lagged: lagged.clone(),
+            flags: flags.clone(),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _topics = self.topics.lock().await;
@@ -275,7 +290,7 @@ impl Node {
                 pushes,
                 control_tx,
                 control,
-                lagged,
+                flags,
             },
             groups,
         ))
@@ -425,7 +440,7 @@ impl Node {
                 _ => &push,
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
-                handle.lagged.store(true, Ordering::Relaxed);
+                handle.flags.lagged.store(true, Ordering::Relaxed);
                 self.dropped_pushes.inc();
             }
         }
@@ -443,6 +458,9 @@ impl Node {
         };
         let group: Arc<str> = group.into();
         for handle in conns.values() {
+            if !handle.flags.wants_counted.load(Ordering::Relaxed) {
+                continue;
+            }
             let _ = handle.control.send(Control::Counted {
                 group: group.clone(),
                 seq,
@@ -467,7 +485,7 @@ impl Node {
             .encode();
             for id in conns.keys() {
                 if let Some((_, handle, _)) = local.conns.get(id) {
-                    let _ = handle.control.send(Control::Notice(frame.clone()));
+                    let _ = handle.control.send(Control::Unread(frame.clone()));
                 }
             }
         }

@@ -1,13 +1,16 @@
 //! One client connection: handshake (Hello → Welcome), then the control loop answering
 //! requests, alongside the pusher writing the push stream.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_protocol::{
     DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION, valid_id,
 };
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{Shared, pusher};
@@ -264,21 +267,35 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
         let push_stream = connection.open_uni().await.map_err(|_| gone())?;
         let control_tx = attached.control_tx.clone();
         let pusher = pusher::Pusher::new(shared, &user, &device, &resume, policies, attached)
-            .run(push_stream);
-        tokio::pin!(pusher);
-        tokio::select! {
-            result = control_loop(shared, &user, send, recv, decoder, control_tx.clone()) => {
+            .run(push_stream)
+            .map(Half::Pusher);
+        let control =
+            control_loop(shared, &user, send, recv, decoder, control_tx.clone()).map(Half::Control);
+        // Each half is polled only when its own waker fires: a push does not poll the
+        // control stream, nor an ACK the pusher (`select!` polls both on every wake).
+        let mut halves: FuturesUnordered<Pin<Box<dyn Future<Output = Half> + Send + '_>>> =
+            FuturesUnordered::new();
+        halves.push(Box::pin(pusher));
+        halves.push(Box::pin(control));
+        match halves.next().await.expect("two halves") {
+            Half::Control(result) => {
                 // The client is leaving: let the pusher apply the ACKs that came before.
                 let _ = control_tx.send(Control::Finish);
-                let _ = tokio::time::timeout(FINISH_GRACE, &mut pusher).await;
+                let _ = tokio::time::timeout(FINISH_GRACE, halves.next()).await;
                 result
             }
-            result = &mut pusher => result,
+            Half::Pusher(result) => result,
         }
     }
     .await;
     node.detach(id).await;
     result
+}
+
+/// What ended first, the control loop or the pusher.
+enum Half {
+    Control(Result<(), Refusal>),
+    Pusher(Result<(), Refusal>),
 }
 
 fn gone() -> Refusal {

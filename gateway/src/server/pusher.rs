@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use super::Shared;
 use super::connection::Refusal;
 use super::cursors::Cursors;
 use super::stats::ServerMetrics;
-use crate::node::{Attached, Control, Push};
+use crate::node::{Attached, ConnFlags, Control, Push};
 use crate::plugins::Plugins;
 use crate::session::RequestError;
 use crate::session::visibility::render;
@@ -29,6 +29,10 @@ const BATCH: usize = 64;
 const CATCH_UP_PAGE: usize = 256;
 /// Wait before retrying a catch-up after the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Longest an `UnreadChanged` waits for a push to share its packet: at most one such frame
+/// per group per count flush, so waiting saves a packet (and the client's ACK of it) per
+/// member and flush in any group with traffic.
+const UNREAD_HOLD: Duration = Duration::from_millis(250);
 
 /// Where a new connection's delivery starts: the user's groups, this device's cursors,
 /// and the latest seq of each group that may hold something new for it.
@@ -52,15 +56,13 @@ pub(crate) struct Pusher<'a> {
     delivery: Delivery,
     pushes: mpsc::Receiver<Arc<Push>>,
     control: mpsc::UnboundedReceiver<Control>,
-    lagged: Arc<AtomicBool>,
+    flags: Arc<ConnFlags>,
     /// Frames to write at the end of this turn, in order.
     out: Vec<Bytes>,
+    /// `UnreadChanged` frames waiting for the next write, until `release_unread_at`.
+    unread: Vec<Bytes>,
+    release_unread_at: Option<Instant>,
     retry_catch_up_at: Option<Instant>,
-    /// Acknowledged seqs not saved yet: merged and written at most once per
-    /// `save_cursors_every` (and when the connection ends), not once per Ack frame.
-    unsaved_cursors: HashMap<String, u64>,
-    save_cursors_at: Option<Instant>,
-    save_cursors_every: Duration,
     /// Groups behind on connect, and the seq the device must acknowledge in each before
     /// it is in sync with the offline buffer up to `sync_position`.
     unsynced: HashMap<String, u64>,
@@ -70,7 +72,8 @@ pub(crate) struct Pusher<'a> {
     unconfirmed: HashSet<String>,
     /// When the oldest live push waiting in `out` reached this gateway.
     oldest_live: Option<Instant>,
-    /// Wakes the connection for retransmits, a catch-up retry or a cursor save, at `timer_at`.
+    /// Wakes the connection for retransmits, a catch-up retry or held `UnreadChanged`
+    /// frames, at `timer_at`.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     timer_at: Option<Instant>,
 }
@@ -91,7 +94,7 @@ impl<'a> Pusher<'a> {
             .map(|(g, s)| (g.as_str(), *s))
             .collect();
         let max_catch_up = shared.config.offline.max_catch_up;
-        let (mut out, mut unsaved_cursors) = (Vec::new(), HashMap::new());
+        let mut out = Vec::new();
         let (mut unsynced, mut unconfirmed) = (HashMap::new(), HashSet::new());
         for m in &resume.groups {
             // Resume after what this device acknowledged, never before the join watermark.
@@ -114,7 +117,9 @@ impl<'a> Pusher<'a> {
                             }
                             .encode(),
                         );
-                        unsaved_cursors.insert(m.group.clone(), start);
+                        shared
+                            .cursors
+                            .record(user, device, [(m.group.clone(), start)]);
                         shared.metrics.skipped.inc_by(start - after);
                     }
                     delivery.join(&m.group, start);
@@ -126,7 +131,9 @@ impl<'a> Pusher<'a> {
                 }
             }
         }
-        let save_cursors_every = shared.config.flush_policy().every;
+        if unconfirmed.is_empty() {
+            attached.flags.wants_counted.store(false, Ordering::Relaxed);
+        }
         Self {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
@@ -137,16 +144,14 @@ impl<'a> Pusher<'a> {
             delivery,
             pushes: attached.pushes,
             control: attached.control,
-            lagged: attached.lagged,
+            flags: attached.flags,
+            unread: Vec::new(),
+            release_unread_at: None,
             retry_catch_up_at: None,
-            save_cursors_at: (!unsaved_cursors.is_empty())
-                .then(|| Instant::now() + save_cursors_every),
             out,
             oldest_live: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
-            unsaved_cursors,
-            save_cursors_every,
             unsynced,
             sync_position: Some(resume.position),
             unconfirmed,
@@ -155,31 +160,36 @@ impl<'a> Pusher<'a> {
 
     pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
         let result = self.serve(&mut stream).await;
-        self.save_progress().await;
+        if self.unsynced.is_empty() {
+            self.save_sync_point().await;
+        }
         // A device reconnecting elsewhere right away resumes from what this one acknowledged.
         self.cursors.flush().await;
         result
     }
 
     async fn serve(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+        if self.unsynced.is_empty() {
+            // Nothing named on connect was missing: in sync from the start.
+            self.save_sync_point().await;
+        }
         loop {
             self.catch_up().await;
             self.flush(stream).await?;
             let deadline = [
                 self.delivery.next_deadline(),
                 self.retry_catch_up_at,
-                self.save_cursors_at,
+                self.release_unread_at,
             ]
             .into_iter()
             .flatten()
             .min();
-            // One timer per connection, moved only when the deadline does: not a timer
-            // registered and cancelled every turn.
-            if deadline != self.timer_at {
-                if let Some(at) = deadline {
-                    self.timer.as_mut().reset(at.into());
-                }
-                self.timer_at = deadline;
+            // One timer per connection, moved only when the deadline comes sooner: it fires
+            // about once per retransmit timeout while ACKs keep up (each firing drops the
+            // acknowledged entries), not once per push.
+            if let Some(at) = deadline.filter(|at| self.timer_at.is_none_or(|t| *at < t)) {
+                self.timer.as_mut().reset(at.into());
+                self.timer_at = Some(at);
             }
             tokio::select! {
                 push = self.pushes.recv() => {
@@ -203,12 +213,9 @@ impl<'a> Pusher<'a> {
                     let due = self.delivery.due_retransmits(now);
                     self.metrics.retransmits.inc_by(due.len() as u64);
                     self.out.extend(due);
-                    if self.save_cursors_at.is_some_and(|at| at <= now) {
-                        self.save_progress().await;
-                    }
                 }
             }
-            if self.lagged.swap(false, Ordering::Relaxed) {
+            if self.flags.lagged.swap(false, Ordering::Relaxed) {
                 self.delivery.resync_all();
             }
         }
@@ -226,7 +233,9 @@ impl<'a> Pusher<'a> {
 
     fn offer_live(&mut self, push: Arc<Push>) {
         let now = Instant::now();
-        self.unconfirmed.remove(&push.group);
+        if !self.unconfirmed.is_empty() {
+            self.confirm(&push.group);
+        }
         if self
             .delivery
             .offer(&push.group, push.seq, &push.bytes, false, now)
@@ -245,40 +254,42 @@ impl<'a> Pusher<'a> {
             Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
+            Control::Unread(frame) => {
+                self.unread.push(frame);
+                self.release_unread_at
+                    .get_or_insert_with(|| Instant::now() + UNREAD_HOLD);
+            }
             Control::Counted { group, seq } => {
-                if self.unconfirmed.remove(&*group)
-                    && self.delivery.sent(&group).is_some_and(|sent| sent < seq)
+                if self.confirm(&group) && self.delivery.sent(&group).is_some_and(|sent| sent < seq)
                 {
                     self.delivery.mark_behind(&group);
                 }
             }
             Control::Ack(ranges) => {
                 let in_flight = self.delivery.in_flight();
-                let advanced = self.delivery.ack(&ranges);
+                let advanced = self.delivery.ack(&ranges, Instant::now());
                 self.metrics
                     .acked
                     .inc_by((in_flight - self.delivery.in_flight()) as u64);
-                for (group, seq) in advanced {
-                    let saved = self.unsaved_cursors.entry(group).or_default();
-                    *saved = (*saved).max(seq);
+                if !advanced.is_empty() {
+                    // Merged with every other connection's and written once per interval.
+                    self.cursors.record(self.user, self.device, advanced);
                 }
-                let delivery = &self.delivery;
-                self.unsynced
-                    .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
-                if !self.unsaved_cursors.is_empty() && self.save_cursors_at.is_none() {
-                    self.save_cursors_at = Some(Instant::now() + self.save_cursors_every);
+                if !self.unsynced.is_empty() {
+                    let delivery = &self.delivery;
+                    self.unsynced
+                        .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
+                    if self.unsynced.is_empty() {
+                        self.save_sync_point().await;
+                    }
                 }
             }
         }
     }
 
-    /// Writes the merged cursor advances in one store call and, once the device has
-    /// everything its offline buffer named on connect, that it is in sync up to there.
-    async fn save_progress(&mut self) {
-        self.save_cursors();
-        if !self.unsynced.is_empty() {
-            return;
-        }
+    /// Once the device has everything its offline buffer named on connect: it is in sync
+    /// up to there (written once per connection).
+    async fn save_sync_point(&mut self) {
         let Some(position) = self.sync_position.take() else {
             return;
         };
@@ -291,15 +302,6 @@ impl<'a> Pusher<'a> {
         {
             // The next connect of this device is more careful: it reads every head.
             tracing::warn!(user = %self.user, %error, "saving the offline sync point failed");
-        }
-    }
-
-    /// Hands the merged cursor advances to the gateway's batcher (`Cursors`).
-    fn save_cursors(&mut self) {
-        self.save_cursors_at = None;
-        if !self.unsaved_cursors.is_empty() {
-            self.cursors
-                .record(self.user, self.device, self.unsaved_cursors.drain());
         }
     }
 
@@ -339,7 +341,7 @@ impl<'a> Pusher<'a> {
                 .messages(group, range, PageFrom::Oldest, limit)
                 .await?;
             let full = page.len() == limit;
-            self.unconfirmed.remove(group);
+            self.confirm(group);
             let hidden = self.plugins.hidden(self.user, group, &page).await?;
             let now = Instant::now();
             for message in page {
@@ -358,7 +360,21 @@ impl<'a> Pusher<'a> {
         }
     }
 
+    /// `group` has had a push since the connect (see `unconfirmed`); true if it had not.
+    fn confirm(&mut self, group: &str) -> bool {
+        let confirmed = self.unconfirmed.remove(group);
+        if confirmed && self.unconfirmed.is_empty() {
+            self.flags.wants_counted.store(false, Ordering::Relaxed);
+        }
+        confirmed
+    }
+
     async fn flush(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+        let release = |at: Option<Instant>| at.is_some_and(|at| at <= Instant::now());
+        if !self.unread.is_empty() && (!self.out.is_empty() || release(self.release_unread_at)) {
+            self.out.append(&mut self.unread);
+            self.release_unread_at = None;
+        }
         if self.out.is_empty() {
             return Ok(());
         }

@@ -6,8 +6,7 @@
 //! the live stream, a full window, a dropped event) it says so, and the task catches that
 //! group up from the log.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,21 +34,41 @@ struct GroupState {
     sent: u64,
     /// Highest seq such that it and everything before it is acknowledged.
     acked: u64,
-    /// Written but not acknowledged: the bytes to retransmit, and their timeout.
-    pending: BTreeMap<u64, (Bytes, Duration)>,
+    /// Written but not acknowledged, by seq.
+    pending: BTreeMap<u64, Pending>,
 }
+
+#[derive(Debug)]
+struct Pending {
+    bytes: Bytes,
+    /// When it is written again if still unacknowledged.
+    deadline: Instant,
+}
+
+/// A retransmit deadline: (when, seq, group).
+type Deadline = (Instant, u64, Arc<str>);
+
+/// Index of live and of catch-up pushes in `Delivery::timeouts` and `Delivery::deadlines`.
+const LIVE: usize = 0;
+const CATCH_UP: usize = 1;
 
 /// The delivery state machine of one connection.
 #[derive(Debug)]
 pub struct Delivery {
     /// Retransmit timeouts of live and of catch-up pushes.
-    retransmit_live: Duration,
-    retransmit_catch_up: Duration,
+    timeouts: [Duration; 2],
     /// Most pushes in flight before live delivery pauses and the log takes over.
     window: usize,
     groups: HashMap<String, GroupState>,
-    /// (deadline, seq, group), soonest first; acknowledged entries are skipped lazily.
-    retransmits: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    /// Retransmit deadlines of each kind in the order they fall (one timeout per kind, so
+    /// appending keeps each queue sorted). An entry whose push was acknowledged (or
+    /// rescheduled) is stale and dropped when it reaches the front.
+    deadlines: [VecDeque<Deadline>; 2],
+    /// When an ACK last acknowledged something. A client that acknowledged within a
+    /// retransmit timeout is reading, if slowly (on a reliable stream, what it has not
+    /// acknowledged is queued behind what it has): a copy would only queue behind the
+    /// original, so retransmits wait until it goes quiet.
+    progress_at: Option<Instant>,
     in_flight: usize,
     behind: BTreeSet<String>,
 }
@@ -58,11 +77,11 @@ impl Delivery {
     /// `live` and `catch_up` are the ACK policies announced to the client.
     pub fn new(live: AckPolicy, catch_up: AckPolicy, window: usize) -> Self {
         Self {
-            retransmit_live: Duration::from_millis(live.retransmit_ms.into()),
-            retransmit_catch_up: Duration::from_millis(catch_up.retransmit_ms.into()),
+            timeouts: [live, catch_up].map(|p| Duration::from_millis(p.retransmit_ms.into())),
             window: window.max(1),
             groups: HashMap::new(),
-            retransmits: BinaryHeap::new(),
+            deadlines: Default::default(),
+            progress_at: None,
             in_flight: 0,
             behind: BTreeSet::new(),
         }
@@ -148,16 +167,13 @@ impl Delivery {
             self.behind.insert(group.to_owned());
             return Offer::Behind;
         }
-        let timeout = if catch_up {
-            self.retransmit_catch_up
-        } else {
-            self.retransmit_live
-        };
+        let kind = if catch_up { CATCH_UP } else { LIVE };
+        let deadline = now + self.timeouts[kind];
         state.sent = seq;
-        state.pending.insert(seq, (bytes.clone(), timeout));
+        let bytes = bytes.clone();
+        state.pending.insert(seq, Pending { bytes, deadline });
         self.in_flight += 1;
-        self.retransmits
-            .push(Reverse((now + timeout, seq, state.name.clone())));
+        self.deadlines[kind].push_back((deadline, seq, state.name.clone()));
         Offer::Send
     }
 
@@ -170,10 +186,11 @@ impl Delivery {
         std::mem::take(&mut self.behind).into_iter().collect()
     }
 
-    /// Applies ACK ranges; returns the groups whose acknowledged prefix advanced, with the
-    /// new cursor, for the store.
-    pub fn ack(&mut self, ranges: &[AckRange]) -> Vec<(String, u64)> {
+    /// Applies ACK ranges received at `now`; returns the groups whose acknowledged prefix
+    /// advanced, with the new cursor, for the store.
+    pub fn ack(&mut self, ranges: &[AckRange], now: Instant) -> Vec<(String, u64)> {
         let mut advanced = Vec::new();
+        let in_flight = self.in_flight;
         for range in ranges {
             if range.first > range.last {
                 continue;
@@ -206,32 +223,66 @@ impl Delivery {
                 }
             }
         }
+        if self.in_flight < in_flight {
+            self.progress_at = Some(now);
+        }
         advanced
     }
 
-    /// Pushes unacknowledged past the retransmit timeout, to write again now.
+    /// Pushes unacknowledged past the retransmit timeout while the client acknowledged
+    /// nothing for as long, to write again now, soonest deadline first.
     pub fn due_retransmits(&mut self, now: Instant) -> Vec<Bytes> {
         let mut due = Vec::new();
-        while let Some(Reverse((deadline, _, _))) = self.retransmits.peek() {
-            if *deadline > now {
-                break;
-            }
-            let Reverse((_, seq, group)) = self.retransmits.pop().expect("peeked");
-            let Some((bytes, timeout)) = self.groups.get(&*group).and_then(|g| g.pending.get(&seq))
-            else {
-                continue;
-            };
-            due.push(bytes.clone());
-            self.retransmits.push(Reverse((now + *timeout, seq, group)));
+        while let Some(kind) = self.soonest().filter(|&k| self.due_at(k) <= now) {
+            let (_, seq, group) = self.deadlines[kind].pop_front().expect("soonest");
+            let timeout = self.timeouts[kind];
+            let pending = self
+                .groups
+                .get_mut(&*group)
+                .and_then(|g| g.pending.get_mut(&seq))
+                .expect("soonest skips stale entries");
+            pending.deadline = now + timeout;
+            due.push(pending.bytes.clone());
+            self.deadlines[kind].push_back((pending.deadline, seq, group));
         }
         due
     }
 
-    /// When the next retransmit may be due.
+    /// When to call [`Self::due_retransmits`] next. It may be early: acknowledged pushes
+    /// leave the deadline queues only there, so that an ACK costs no queue work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.retransmits
-            .peek()
-            .map(|Reverse((deadline, _, _))| *deadline)
+        (0..self.deadlines.len())
+            .filter(|&kind| !self.deadlines[kind].is_empty())
+            .map(|kind| self.due_at(kind))
+            .min()
+    }
+
+    /// When the front of a (non-empty) deadline queue is due: its deadline, or a timeout
+    /// after the client's last progress if that is later.
+    fn due_at(&self, kind: usize) -> Instant {
+        let deadline = self.deadlines[kind][0].0;
+        self.progress_at
+            .map_or(deadline, |at| deadline.max(at + self.timeouts[kind]))
+    }
+
+    /// The queue whose front deadline is soonest, after dropping stale fronts.
+    fn soonest(&mut self) -> Option<usize> {
+        for queue in &mut self.deadlines {
+            while let Some((deadline, seq, group)) = queue.front() {
+                let live = self
+                    .groups
+                    .get(&**group)
+                    .and_then(|g| g.pending.get(seq))
+                    .is_some_and(|p| p.deadline == *deadline);
+                if live {
+                    break;
+                }
+                queue.pop_front();
+            }
+        }
+        (0..self.deadlines.len())
+            .filter(|&k| !self.deadlines[k].is_empty())
+            .min_by_key(|&k| self.deadlines[k][0].0)
     }
 }
 
@@ -312,15 +363,15 @@ mod tests {
         for seq in 1..=5 {
             d.offer("g", seq, &push(seq), false, now);
         }
-        assert_eq!(d.ack(&[ack("g", 3, 4)]), vec![]);
-        assert_eq!(d.ack(&[ack("g", 1, 1)]), vec![("g".to_string(), 1)]);
+        assert_eq!(d.ack(&[ack("g", 3, 4)], now), vec![]);
+        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".to_string(), 1)]);
         assert_eq!(
-            d.ack(&[ack("g", 2, 2), ack("g", 5, 5)]),
+            d.ack(&[ack("g", 2, 2), ack("g", 5, 5)], now),
             vec![("g".to_string(), 5)]
         );
         assert_eq!(d.in_flight(), 0);
         assert_eq!(
-            d.ack(&[ack("g", 9, 1), ack("nope", 1, 2)]),
+            d.ack(&[ack("g", 9, 1), ack("nope", 1, 2)], now),
             vec![],
             "bad ranges are ignored"
         );
@@ -337,13 +388,38 @@ mod tests {
             d.due_retransmits(t0 + Duration::from_millis(999))
                 .is_empty()
         );
-        d.ack(&[ack("g", 1, 1)]);
+        d.ack(&[ack("g", 1, 1)], t0);
         let t1 = t0 + Duration::from_millis(1000);
         assert_eq!(d.due_retransmits(t1), vec![push(2)]);
         assert_eq!(d.next_deadline(), Some(t1 + Duration::from_millis(1000)));
-        d.ack(&[ack("g", 2, 2)]);
+        d.ack(&[ack("g", 2, 2)], t1);
         assert!(d.due_retransmits(t1 + Duration::from_secs(5)).is_empty());
         assert_eq!(d.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_client_that_keeps_acknowledging_gets_no_copies_until_it_goes_quiet() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join("g", 0);
+        for seq in 1..=3 {
+            d.offer("g", seq, &push(seq), false, t0);
+        }
+        // Reading slowly: seq 2 and 3 are queued behind what it acknowledges.
+        d.ack(&[ack("g", 1, 1)], ms(900));
+        assert!(
+            d.due_retransmits(ms(1500)).is_empty(),
+            "it is making progress"
+        );
+        assert_eq!(d.next_deadline(), Some(ms(1900)));
+        d.ack(&[ack("g", 2, 2)], ms(1800));
+        assert!(d.due_retransmits(ms(2500)).is_empty());
+        // Quiet for a whole timeout: what is left is sent again.
+        assert_eq!(d.due_retransmits(ms(2800)), vec![push(3)]);
+        // An ACK that acknowledges nothing new is not progress.
+        d.ack(&[ack("g", 1, 2)], ms(3000));
+        assert_eq!(d.due_retransmits(ms(3800)), vec![push(3)]);
     }
 
     #[test]
@@ -356,7 +432,7 @@ mod tests {
         assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Send);
         assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Behind);
         assert!(d.take_behind().is_empty(), "no room yet");
-        d.ack(&[ack("g", 1, 2)]);
+        d.ack(&[ack("g", 1, 2)], now);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
         assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Send);
     }

@@ -169,10 +169,6 @@ impl<'a> Pusher<'a> {
     }
 
     async fn serve(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
-        if self.unsynced.is_empty() {
-            // Nothing named on connect was missing: in sync from the start.
-            self.save_sync_point().await;
-        }
         loop {
             self.catch_up().await;
             self.flush(stream).await?;
@@ -275,13 +271,13 @@ impl<'a> Pusher<'a> {
                     // Merged with every other connection's and written once per interval.
                     self.cursors.record(self.user, self.device, advanced);
                 }
-                if !self.unsynced.is_empty() {
-                    let delivery = &self.delivery;
-                    self.unsynced
-                        .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
-                    if self.unsynced.is_empty() {
-                        self.save_sync_point().await;
-                    }
+                let delivery = &self.delivery;
+                self.unsynced
+                    .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
+                if self.unsynced.is_empty() {
+                    // Once per connection, at its first ACK in sync, not at connect: 10,000
+                    // devices connecting would each wait for a write before their first push.
+                    self.save_sync_point().await;
                 }
             }
         }

@@ -41,16 +41,20 @@ struct GroupState {
 #[derive(Debug)]
 struct Pending {
     bytes: Bytes,
-    /// When it is written again if still unacknowledged.
-    deadline: Instant,
+    /// When it was last written.
+    sent_at: Instant,
+    /// Written more than once: its ACK says nothing about how long ACKs take.
+    resent: bool,
 }
 
-/// A retransmit deadline: (when, seq, group).
-type Deadline = (Instant, u64, Arc<str>);
+/// A push in flight: (last written at, seq, group).
+type InFlight = (Instant, u64, Arc<str>);
 
-/// Index of live and of catch-up pushes in `Delivery::timeouts` and `Delivery::deadlines`.
+/// Index of live and of catch-up pushes in `Delivery::timeouts` and `Delivery::written`.
 const LIVE: usize = 0;
 const CATCH_UP: usize = 1;
+/// Most doublings of the retransmit timeout (64 × `retransmit_ms`).
+const MAX_BACKOFF: u32 = 6;
 
 /// The delivery state machine of one connection.
 #[derive(Debug)]
@@ -60,15 +64,23 @@ pub struct Delivery {
     /// Most pushes in flight before live delivery pauses and the log takes over.
     window: usize,
     groups: HashMap<String, GroupState>,
-    /// Retransmit deadlines of each kind in the order they fall (one timeout per kind, so
-    /// appending keeps each queue sorted). An entry whose push was acknowledged (or
-    /// rescheduled) is stale and dropped when it reaches the front.
-    deadlines: [VecDeque<Deadline>; 2],
+    /// Pushes in flight of each kind in the order they were written (one timeout per kind,
+    /// so the front is always due first). An entry whose push was acknowledged (or written
+    /// again) is stale and dropped when it reaches the front.
+    written: [VecDeque<InFlight>; 2],
     /// When an ACK last acknowledged something. A client that acknowledged within a
     /// retransmit timeout is reading, if slowly (on a reliable stream, what it has not
     /// acknowledged is queued behind what it has): a copy would only queue behind the
     /// original, so retransmits wait until it goes quiet.
     progress_at: Option<Instant>,
+    /// How long ACKs take on this connection (smoothed, and its variation), as TCP
+    /// estimates its round trip: when the gateway or the path is the slow part, the timeout
+    /// grows with it instead of adding copies to the queue that delays them.
+    ack_time: Option<(Duration, Duration)>,
+    /// Retransmit rounds since the client last made progress: each doubles the timeout
+    /// (TCP's back-off), so a connection whose pushes are stuck behind a queue gets a few
+    /// copies, not one per timeout.
+    backoff: u32,
     in_flight: usize,
     behind: BTreeSet<String>,
 }
@@ -80,8 +92,10 @@ impl Delivery {
             timeouts: [live, catch_up].map(|p| Duration::from_millis(p.retransmit_ms.into())),
             window: window.max(1),
             groups: HashMap::new(),
-            deadlines: Default::default(),
+            written: Default::default(),
             progress_at: None,
+            ack_time: None,
+            backoff: 0,
             in_flight: 0,
             behind: BTreeSet::new(),
         }
@@ -168,12 +182,15 @@ impl Delivery {
             return Offer::Behind;
         }
         let kind = if catch_up { CATCH_UP } else { LIVE };
-        let deadline = now + self.timeouts[kind];
         state.sent = seq;
-        let bytes = bytes.clone();
-        state.pending.insert(seq, Pending { bytes, deadline });
+        let pending = Pending {
+            bytes: bytes.clone(),
+            sent_at: now,
+            resent: false,
+        };
+        state.pending.insert(seq, pending);
         self.in_flight += 1;
-        self.deadlines[kind].push_back((deadline, seq, state.name.clone()));
+        self.written[kind].push_back((now, seq, state.name.clone()));
         Offer::Send
     }
 
@@ -204,7 +221,10 @@ impl Delivery {
                 .map(|(s, _)| *s)
                 .collect();
             for seq in &acked {
-                state.pending.remove(seq);
+                let pending = state.pending.remove(seq).expect("in range");
+                if !pending.resent {
+                    self.ack_time = Some(smooth(self.ack_time, now - pending.sent_at));
+                }
             }
             self.in_flight -= acked.len();
             let prefix = state
@@ -225,6 +245,7 @@ impl Delivery {
         }
         if self.in_flight < in_flight {
             self.progress_at = Some(now);
+            self.backoff = 0;
         }
         advanced
     }
@@ -234,55 +255,84 @@ impl Delivery {
     pub fn due_retransmits(&mut self, now: Instant) -> Vec<Bytes> {
         let mut due = Vec::new();
         while let Some(kind) = self.soonest().filter(|&k| self.due_at(k) <= now) {
-            let (_, seq, group) = self.deadlines[kind].pop_front().expect("soonest");
-            let timeout = self.timeouts[kind];
+            let (_, seq, group) = self.written[kind].pop_front().expect("soonest");
             let pending = self
                 .groups
                 .get_mut(&*group)
                 .and_then(|g| g.pending.get_mut(&seq))
                 .expect("soonest skips stale entries");
-            pending.deadline = now + timeout;
+            (pending.sent_at, pending.resent) = (now, true);
             due.push(pending.bytes.clone());
-            self.deadlines[kind].push_back((pending.deadline, seq, group));
+            self.written[kind].push_back((now, seq, group));
+        }
+        if !due.is_empty() {
+            self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
         }
         due
     }
 
     /// When to call [`Self::due_retransmits`] next. It may be early: acknowledged pushes
-    /// leave the deadline queues only there, so that an ACK costs no queue work.
+    /// leave the queues only there, so that an ACK costs no queue work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        (0..self.deadlines.len())
-            .filter(|&kind| !self.deadlines[kind].is_empty())
+        (0..self.written.len())
+            .filter(|&kind| !self.written[kind].is_empty())
             .map(|kind| self.due_at(kind))
             .min()
     }
 
-    /// When the front of a (non-empty) deadline queue is due: its deadline, or a timeout
-    /// after the client's last progress if that is later.
+    /// When the front of a (non-empty) queue is due: a timeout after it was written and
+    /// after the client's last progress.
     fn due_at(&self, kind: usize) -> Instant {
-        let deadline = self.deadlines[kind][0].0;
+        let timeout = self.timeout(kind);
+        let written = self.written[kind][0].0 + timeout;
         self.progress_at
-            .map_or(deadline, |at| deadline.max(at + self.timeouts[kind]))
+            .map_or(written, |at| written.max(at + timeout))
+    }
+
+    /// The policy's timeout, or longer when ACKs on this connection take longer
+    /// (smoothed time + 4 × its variation, as TCP's retransmit timeout), doubled for each
+    /// retransmit round without progress.
+    fn timeout(&self, kind: usize) -> Duration {
+        let measured = self
+            .ack_time
+            .map_or(Duration::ZERO, |(smoothed, variation)| {
+                smoothed + 4 * variation
+            });
+        self.timeouts[kind].max(measured) * (1 << self.backoff)
     }
 
     /// The queue whose front deadline is soonest, after dropping stale fronts.
     fn soonest(&mut self) -> Option<usize> {
-        for queue in &mut self.deadlines {
-            while let Some((deadline, seq, group)) = queue.front() {
+        for queue in &mut self.written {
+            while let Some((sent_at, seq, group)) = queue.front() {
                 let live = self
                     .groups
                     .get(&**group)
                     .and_then(|g| g.pending.get(seq))
-                    .is_some_and(|p| p.deadline == *deadline);
+                    .is_some_and(|p| p.sent_at == *sent_at);
                 if live {
                     break;
                 }
                 queue.pop_front();
             }
         }
-        (0..self.deadlines.len())
-            .filter(|&k| !self.deadlines[k].is_empty())
-            .min_by_key(|&k| self.deadlines[k][0].0)
+        (0..self.written.len())
+            .filter(|&k| !self.written[k].is_empty())
+            .min_by_key(|&k| self.due_at(k))
+    }
+}
+
+/// One ACK time sample folded into the estimate (RFC 6298's gains: 1/8 and 1/4).
+fn smooth(estimate: Option<(Duration, Duration)>, sample: Duration) -> (Duration, Duration) {
+    match estimate {
+        None => (sample, sample / 2),
+        Some((smoothed, variation)) => {
+            let deviation = smoothed.abs_diff(sample);
+            (
+                smoothed - smoothed / 8 + sample / 8,
+                variation - variation / 4 + deviation / 4,
+            )
+        }
     }
 }
 
@@ -391,7 +441,8 @@ mod tests {
         d.ack(&[ack("g", 1, 1)], t0);
         let t1 = t0 + Duration::from_millis(1000);
         assert_eq!(d.due_retransmits(t1), vec![push(2)]);
-        assert_eq!(d.next_deadline(), Some(t1 + Duration::from_millis(1000)));
+        // Still nothing: the next copy waits twice as long.
+        assert_eq!(d.next_deadline(), Some(t1 + Duration::from_millis(2000)));
         d.ack(&[ack("g", 2, 2)], t1);
         assert!(d.due_retransmits(t1 + Duration::from_secs(5)).is_empty());
         assert_eq!(d.next_deadline(), None);
@@ -403,23 +454,41 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
-        for seq in 1..=3 {
-            d.offer("g", seq, &push(seq), false, t0);
-        }
-        // Reading slowly: seq 2 and 3 are queued behind what it acknowledges.
-        d.ack(&[ack("g", 1, 1)], ms(900));
+        d.offer("g", 1, &push(1), false, t0);
+        d.offer("g", 2, &push(2), false, t0);
+        d.ack(&[ack("g", 1, 1)], ms(10));
+        // Reading slowly: 2 waits behind what it acknowledges (3, sent later).
+        d.offer("g", 3, &push(3), false, ms(800));
+        d.ack(&[ack("g", 3, 3)], ms(810));
         assert!(
             d.due_retransmits(ms(1500)).is_empty(),
             "it is making progress"
         );
-        assert_eq!(d.next_deadline(), Some(ms(1900)));
-        d.ack(&[ack("g", 2, 2)], ms(1800));
-        assert!(d.due_retransmits(ms(2500)).is_empty());
+        assert_eq!(d.next_deadline(), Some(ms(1810)));
         // Quiet for a whole timeout: what is left is sent again.
-        assert_eq!(d.due_retransmits(ms(2800)), vec![push(3)]);
-        // An ACK that acknowledges nothing new is not progress.
-        d.ack(&[ack("g", 1, 2)], ms(3000));
-        assert_eq!(d.due_retransmits(ms(3800)), vec![push(3)]);
+        assert_eq!(d.due_retransmits(ms(1810)), vec![push(2)]);
+        // An ACK that acknowledges nothing new is not progress (and the timeout doubled).
+        d.ack(&[ack("g", 1, 1)], ms(2000));
+        assert!(d.due_retransmits(ms(3809)).is_empty());
+        assert_eq!(d.due_retransmits(ms(3810)), vec![push(2)]);
+    }
+
+    #[test]
+    fn slow_acks_stretch_the_retransmit_timeout() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join("g", 0);
+        d.offer("g", 1, &push(1), false, t0);
+        // ACKs take 3 s here (a busy gateway, a slow path): 3 s + 4 × 1.5 s.
+        d.ack(&[ack("g", 1, 1)], ms(3000));
+        d.offer("g", 2, &push(2), false, ms(3000));
+        assert!(d.due_retransmits(ms(11_999)).is_empty());
+        assert_eq!(d.due_retransmits(ms(12_000)), vec![push(2)]);
+        // The ACK of a push written twice is no measure (Karn): the estimate stays.
+        d.ack(&[ack("g", 2, 2)], ms(20_000));
+        d.offer("g", 3, &push(3), false, ms(20_000));
+        assert_eq!(d.next_deadline(), Some(ms(29_000)));
     }
 
     #[test]
@@ -461,8 +530,16 @@ mod tests {
             d.due_retransmits(t0 + Duration::from_millis(1000)),
             vec![push(101)]
         );
-        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(2000)));
-        let due = d.due_retransmits(t0 + Duration::from_millis(3000));
-        assert_eq!(due, vec![push(101), push(1)]);
+        // The live copy is acknowledged; the catch-up push is due 3 s after that progress.
+        d.ack(&[ack("new", 1, 1)], t0 + Duration::from_millis(1000));
+        assert!(
+            d.due_retransmits(t0 + Duration::from_millis(3999))
+                .is_empty()
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(4000)));
+        assert_eq!(
+            d.due_retransmits(t0 + Duration::from_millis(4000)),
+            vec![push(1)]
+        );
     }
 }

@@ -448,9 +448,10 @@ impl Node {
             .observe(push.received.elapsed().as_secs_f64());
     }
 
-    /// Tells every local connection in `group` how far it is counted: a device that
+    /// Tells the local connections in `group` how far it is counted: a device that
     /// connected between a send and its flush found no reference to it in its offline
-    /// buffer, and learns of it here (one control message per connection per flush).
+    /// buffer, and learns of it here (one control message per flush to each connection that
+    /// still has a group without a push since it connected).
     fn notify_counted(&self, group: &str, seq: u64) {
         let local = self.local.read().expect("local map lock");
         let Some(conns) = local.groups.get(group) else {

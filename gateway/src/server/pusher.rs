@@ -169,6 +169,12 @@ impl<'a> Pusher<'a> {
     }
 
     async fn serve(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+        if self.unsynced.is_empty() {
+            // In sync from the start: written while connecting. Not at the first ACK: the
+            // sync point waits for a store write, and 5,000 connections acknowledging their
+            // first push at once queued 5,000 writes (steady-5k p99 0.9 → 19.7 s).
+            self.save_sync_point().await;
+        }
         loop {
             self.catch_up().await;
             self.flush(stream).await?;
@@ -271,13 +277,13 @@ impl<'a> Pusher<'a> {
                     // Merged with every other connection's and written once per interval.
                     self.cursors.record(self.user, self.device, advanced);
                 }
-                let delivery = &self.delivery;
-                self.unsynced
-                    .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
-                if self.unsynced.is_empty() {
-                    // Once per connection, at its first ACK in sync, not at connect: 10,000
-                    // devices connecting would each wait for a write before their first push.
-                    self.save_sync_point().await;
+                if !self.unsynced.is_empty() {
+                    let delivery = &self.delivery;
+                    self.unsynced
+                        .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
+                    if self.unsynced.is_empty() {
+                        self.save_sync_point().await;
+                    }
                 }
             }
         }

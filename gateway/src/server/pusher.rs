@@ -160,9 +160,6 @@ impl<'a> Pusher<'a> {
 
     pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
         let result = self.serve(&mut stream).await;
-        if self.unsynced.is_empty() {
-            self.save_sync_point().await;
-        }
         // A device reconnecting elsewhere right away resumes from what this one acknowledged.
         self.cursors.flush().await;
         result

@@ -63,6 +63,8 @@ pub enum Control {
     Joined {
         group: String,
         joined_seq: u64,
+        /// The app's focus leaves the new group in the background.
+        background: bool,
     },
     Left {
         group: String,
@@ -82,6 +84,62 @@ pub enum Control {
         group: Arc<str>,
         seq: u64,
     },
+    /// The app moved `group` to the background or back (`Focus`). Coming back, `latest`
+    /// is the newest seq fanned out since the last `Activity` (0: none).
+    Focus {
+        group: String,
+        background: bool,
+        latest: u64,
+    },
+    /// A background group got its first message since the connection last took its
+    /// activity: report it in the next `Activity` frame.
+    Activity(Arc<GroupFocus>),
+}
+
+/// Whether the app shows a group on one connection, as the fan-out sees it (`Focus`).
+#[derive(Debug)]
+pub struct GroupFocus {
+    pub group: Arc<str>,
+    background: AtomicBool,
+    /// The newest seq fanned out while in the background and not taken yet (0: none).
+    latest: AtomicU64,
+}
+
+impl GroupFocus {
+    fn new(group: &str, background: bool) -> Arc<Self> {
+        Arc::new(Self {
+            group: group.into(),
+            background: AtomicBool::new(background),
+            latest: AtomicU64::new(0),
+        })
+    }
+
+    /// The newest seq fanned out since the last call, if any.
+    pub fn take_latest(&self) -> Option<u64> {
+        Some(self.latest.swap(0, Ordering::Relaxed)).filter(|&seq| seq > 0)
+    }
+}
+
+/// A connection in a group's fan-out list.
+#[derive(Clone)]
+struct Subscriber {
+    handle: ConnHandle,
+    focus: Arc<GroupFocus>,
+}
+
+/// A local connection: its user, handle, groups and the app's focus.
+struct LocalConn {
+    user: String,
+    handle: ConnHandle,
+    groups: HashSet<String>,
+    /// The groups the app shows (`Focus`); `None` until it says, when all are foreground.
+    foreground: Option<HashSet<String>>,
+}
+
+impl LocalConn {
+    fn backgrounds(&self, group: &str) -> bool {
+        self.foreground.as_ref().is_some_and(|f| !f.contains(group))
+    }
 }
 
 /// What the node keeps of a local connection.
@@ -116,36 +174,42 @@ pub struct Attached {
 #[derive(Default)]
 struct LocalMap {
     /// group → its local connections: the fan-out index.
-    groups: HashMap<String, HashMap<ConnId, ConnHandle>>,
+    groups: HashMap<String, HashMap<ConnId, Subscriber>>,
     /// user → their local connections (a user may be connected from several devices).
     users: HashMap<String, HashMap<ConnId, ()>>,
     /// connection → its user, handle and groups, so detaching touches only its own entries.
-    conns: HashMap<ConnId, (String, ConnHandle, HashSet<String>)>,
+    conns: HashMap<ConnId, LocalConn>,
 }
 
 impl LocalMap {
-    fn join(&mut self, id: ConnId, group: &str, changes: &mut TopicChanges) {
-        let Some((_, handle, groups)) = self.conns.get_mut(&id) else {
-            return;
+    /// Adds the connection to `group`'s fan-out; returns whether it is in the background.
+    fn join(&mut self, id: ConnId, group: &str, changes: &mut TopicChanges) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
         };
-        if groups.insert(group.to_owned()) {
-            let handle = handle.clone();
+        let background = conn.backgrounds(group);
+        if conn.groups.insert(group.to_owned()) {
+            let subscriber = Subscriber {
+                handle: conn.handle.clone(),
+                focus: GroupFocus::new(group, background),
+            };
             insert(
                 &mut self.groups,
                 group,
                 id,
-                handle,
+                subscriber,
                 Topic::Group(group.to_owned()),
                 changes,
             );
         }
+        background
     }
 
     fn leave(&mut self, id: ConnId, group: &str, changes: &mut TopicChanges) {
-        let Some((_, _, groups)) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if groups.remove(group) {
+        if conn.groups.remove(group) {
             remove(
                 &mut self.groups,
                 group,
@@ -272,9 +336,13 @@ impl Node {
                 Topic::User(user.to_owned()),
                 &mut changes,
             );
-            local
-                .conns
-                .insert(id, (user.to_owned(), handle, HashSet::new()));
+            let conn = LocalConn {
+                user: user.to_owned(),
+                handle,
+                groups: HashSet::new(),
+                foreground: None,
+            };
+            local.conns.insert(id, conn);
             for m in &groups {
                 local.join(id, &m.group, &mut changes);
             }
@@ -302,9 +370,10 @@ impl Node {
         let mut changes = TopicChanges::default();
         {
             let mut local = self.local.write().expect("local map lock");
-            let Some((user, _, groups)) = local.conns.get(&id).cloned() else {
+            let Some(conn) = local.conns.get(&id) else {
                 return;
             };
+            let (user, groups) = (conn.user.clone(), conn.groups.clone());
             for group in groups {
                 local.leave(id, &group, &mut changes);
             }
@@ -400,13 +469,11 @@ impl Node {
             };
             for id in ids {
                 let control = match joined_seq {
-                    Some(joined_seq) => {
-                        local.join(id, group, &mut changes);
-                        Control::Joined {
-                            group: group.to_owned(),
-                            joined_seq,
-                        }
-                    }
+                    Some(joined_seq) => Control::Joined {
+                        group: group.to_owned(),
+                        joined_seq,
+                        background: local.join(id, group, &mut changes),
+                    },
                     None => {
                         local.leave(id, group, &mut changes);
                         Control::Left {
@@ -414,8 +481,8 @@ impl Node {
                         }
                     }
                 };
-                if let Some((_, handle, _)) = local.conns.get(&id) {
-                    let _ = handle.control.send(control);
+                if let Some(conn) = local.conns.get(&id) {
+                    let _ = conn.handle.control.send(control);
                 }
             }
         }
@@ -428,13 +495,21 @@ impl Node {
     /// blocks the others: that connection is marked lagging and reads the log instead.
     ///
     /// A private message's recipients get the push, everyone else its placeholder: both
-    /// were encoded once, before the loop.
+    /// were encoded once, before the loop. A connection with the group in the background
+    /// gets no push: its group's latest seq is raised, and only the first message since its
+    /// last `Activity` wakes it.
     fn fan_out(&self, push: Arc<Push>, private: Option<&Private>) {
         let local = self.local.read().expect("local map lock");
         let Some(conns) = local.groups.get(&push.group) else {
             return;
         };
-        for handle in conns.values() {
+        for Subscriber { handle, focus } in conns.values() {
+            if focus.background.load(Ordering::Relaxed) {
+                if focus.latest.fetch_max(push.seq, Ordering::Relaxed) == 0 {
+                    let _ = handle.control.send(Control::Activity(focus.clone()));
+                }
+                continue;
+            }
             let this = match private {
                 Some(p) if !p.sees(&handle.user) => &p.placeholder,
                 _ => &push,
@@ -458,7 +533,7 @@ impl Node {
             return;
         };
         let group: Arc<str> = group.into();
-        for handle in conns.values() {
+        for Subscriber { handle, .. } in conns.values() {
             if !handle.flags.wants_counted.load(Ordering::Relaxed) {
                 continue;
             }
@@ -485,18 +560,46 @@ impl Node {
             }
             .encode();
             for id in conns.keys() {
-                if let Some((_, handle, _)) = local.conns.get(id) {
-                    let _ = handle.control.send(Control::Unread(frame.clone()));
+                if let Some(conn) = local.conns.get(id) {
+                    let _ = conn.handle.control.send(Control::Unread(frame.clone()));
                 }
             }
         }
     }
 
+    /// Sets the groups connection `id`'s app shows (`Focus`); its other groups, now and
+    /// joined later, are in the background. Tells the pusher of each group that moved.
+    pub fn focus(&self, id: ConnId, foreground: HashSet<String>) {
+        let mut local = self.local.write().expect("local map lock");
+        let LocalMap { groups, conns, .. } = &mut *local;
+        let Some(conn) = conns.get_mut(&id) else {
+            return;
+        };
+        for group in &conn.groups {
+            let Some(Subscriber { focus, .. }) = groups.get(group).and_then(|c| c.get(&id)) else {
+                continue;
+            };
+            let background = !foreground.contains(group);
+            if focus.background.load(Ordering::Relaxed) == background {
+                continue;
+            }
+            // No fan-out runs under the write lock: nothing is raised in between.
+            let latest = focus.latest.swap(0, Ordering::Relaxed);
+            focus.background.store(background, Ordering::Relaxed);
+            let _ = conn.handle.control.send(Control::Focus {
+                group: group.clone(),
+                background,
+                latest,
+            });
+        }
+        conn.foreground = Some(foreground);
+    }
+
     /// Sends a control message to every local connection; returns how many there are.
     pub fn notify_every_connection(&self, control: impl Fn() -> Control) -> usize {
         let local = self.local.read().expect("local map lock");
-        for (_, handle, _) in local.conns.values() {
-            let _ = handle.control.send(control());
+        for conn in local.conns.values() {
+            let _ = conn.handle.control.send(control());
         }
         local.conns.len()
     }
@@ -532,7 +635,7 @@ impl Node {
             groups: local.groups.len(),
             ..LocalStats::default()
         };
-        for (_, handle, _) in local.conns.values() {
+        for LocalConn { handle, .. } in local.conns.values() {
             let depth = handle.pushes.max_capacity() - handle.pushes.capacity();
             stats.queued += depth;
             stats.queue_max = stats.queue_max.max(depth);
@@ -544,7 +647,9 @@ impl Node {
     pub fn local_members(&self, group: &str) -> Vec<(String, usize)> {
         let local = self.local.read().expect("local map lock");
         let mut members: HashMap<&str, usize> = HashMap::new();
-        for handle in local.groups.get(group).into_iter().flat_map(|c| c.values()) {
+        for Subscriber { handle, .. } in
+            local.groups.get(group).into_iter().flat_map(|c| c.values())
+        {
             *members.entry(&handle.user).or_default() += 1;
         }
         let mut members: Vec<(String, usize)> = members

@@ -74,6 +74,17 @@ pub struct UnreadCount {
     pub count: u64,
 }
 
+/// What a background group (see `Focus`) got since the last `Activity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupActivity {
+    pub group: String,
+    /// The latest seq in the group.
+    pub seq: u64,
+    /// Messages after the last one pushed on this connection: what bringing the group to
+    /// the foreground would push.
+    pub pending: u64,
+}
+
 /// How a receiver acknowledges pushes on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckPolicy {
@@ -176,6 +187,12 @@ pub enum Frame {
     Ack {
         ranges: Vec<AckRange>,
     },
+    /// The groups the app shows now (replacing any earlier set): the others are in the
+    /// background and get `Activity` instead of pushes, where the gateway allows it.
+    Focus {
+        id: u32,
+        groups: Vec<String>,
+    },
     // Responses, gateway to client.
     Done {
         id: u32,
@@ -238,6 +255,10 @@ pub enum Frame {
         deadline_ms: u32,
         server: String,
     },
+    /// Background groups that got messages: compact notifications instead of pushes.
+    Activity {
+        groups: Vec<GroupActivity>,
+    },
 }
 
 /// The type byte of each frame.
@@ -257,6 +278,7 @@ pub enum FrameType {
     Command = 0x18,
     GetUnread = 0x19,
     MarkRead = 0x1A,
+    Focus = 0x1B,
     Ack = 0x20,
     Done = 0x30,
     Members = 0x31,
@@ -270,10 +292,11 @@ pub enum FrameType {
     UnreadChanged = 0x41,
     Skipped = 0x42,
     GoAway = 0x43,
+    Activity = 0x44,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 26] = [
+    const ALL: [FrameType; 28] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::CreateGroup,
@@ -287,6 +310,7 @@ impl FrameType {
         FrameType::Command,
         FrameType::GetUnread,
         FrameType::MarkRead,
+        FrameType::Focus,
         FrameType::Ack,
         FrameType::Done,
         FrameType::Members,
@@ -300,6 +324,7 @@ impl FrameType {
         FrameType::UnreadChanged,
         FrameType::Skipped,
         FrameType::GoAway,
+        FrameType::Activity,
     ];
 
     pub fn from_byte(byte: u8) -> Option<FrameType> {
@@ -321,6 +346,7 @@ impl FrameType {
             FrameType::Command => "Command",
             FrameType::GetUnread => "GetUnread",
             FrameType::MarkRead => "MarkRead",
+            FrameType::Focus => "Focus",
             FrameType::Ack => "Ack",
             FrameType::Done => "Done",
             FrameType::Members => "Members",
@@ -334,6 +360,7 @@ impl FrameType {
             FrameType::UnreadChanged => "UnreadChanged",
             FrameType::Skipped => "Skipped",
             FrameType::GoAway => "GoAway",
+            FrameType::Activity => "Activity",
         }
     }
 }
@@ -412,6 +439,7 @@ impl Frame {
             Frame::Command { .. } => FrameType::Command,
             Frame::GetUnread { .. } => FrameType::GetUnread,
             Frame::MarkRead { .. } => FrameType::MarkRead,
+            Frame::Focus { .. } => FrameType::Focus,
             Frame::Ack { .. } => FrameType::Ack,
             Frame::Done { .. } => FrameType::Done,
             Frame::Members { .. } => FrameType::Members,
@@ -425,6 +453,7 @@ impl Frame {
             Frame::UnreadChanged { .. } => FrameType::UnreadChanged,
             Frame::Skipped { .. } => FrameType::Skipped,
             Frame::GoAway { .. } => FrameType::GoAway,
+            Frame::Activity { .. } => FrameType::Activity,
         }
     }
 
@@ -442,6 +471,7 @@ impl Frame {
             | Frame::Command { id, .. }
             | Frame::GetUnread { id }
             | Frame::MarkRead { id, .. }
+            | Frame::Focus { id, .. }
             | Frame::CommandResult { id, .. }
             | Frame::Unread { id, .. }
             | Frame::Done { id }
@@ -456,7 +486,8 @@ impl Frame {
             | Frame::Push { .. }
             | Frame::UnreadChanged { .. }
             | Frame::Skipped { .. }
-            | Frame::GoAway { .. } => None,
+            | Frame::GoAway { .. }
+            | Frame::Activity { .. } => None,
         }
     }
 
@@ -562,6 +593,15 @@ impl Frame {
                 server,
             } => {
                 w.u32(*deadline_ms).str(server);
+            }
+            Frame::Focus { id, groups } => {
+                w.u32(*id);
+                write_strs(&mut w, groups);
+            }
+            Frame::Activity { groups } => {
+                w.list(groups, |w, a| {
+                    w.str(&a.group).u64(a.seq).u64(a.pending);
+                });
             }
             Frame::Ack { ranges } => {
                 w.list(ranges, |w, r| {
@@ -714,6 +754,19 @@ impl Frame {
             FrameType::GoAway => Frame::GoAway {
                 deadline_ms: r.u32()?,
                 server: r.str()?,
+            },
+            FrameType::Focus => Frame::Focus {
+                id: r.u32()?,
+                groups: r.list(Reader::str)?,
+            },
+            FrameType::Activity => Frame::Activity {
+                groups: r.list(|r| {
+                    Ok(GroupActivity {
+                        group: r.str()?,
+                        seq: r.u64()?,
+                        pending: r.u64()?,
+                    })
+                })?,
             },
             FrameType::Ack => Frame::Ack {
                 ranges: r.list(|r| {

@@ -13,8 +13,8 @@ mod frame;
 pub use codec::{DecodeError, FrameDecoder};
 pub use error::ErrorCode;
 pub use frame::{
-    AckPolicy, AckRange, Conversation, Frame, FrameType, HistoryPage, MemberInfo, Message, Role,
-    UnreadCount, encode_push,
+    AckPolicy, AckRange, Conversation, Frame, FrameType, GroupActivity, HistoryPage, MemberInfo,
+    Message, Role, UnreadCount, encode_push,
 };
 
 /// ALPN protocol id negotiated in the TLS handshake.

@@ -175,6 +175,17 @@ fn every_frame() -> Vec<Frame> {
             deadline_ms: 30_000,
             server: "10.0.0.7:4433".into(),
         },
+        Frame::Focus {
+            id: 19,
+            groups: vec!["g1".into(), "g3".into()],
+        },
+        Frame::Activity {
+            groups: vec![GroupActivity {
+                group: "g2".into(),
+                seq: 1_000_000,
+                pending: 17,
+            }],
+        },
     ]
 }
 
@@ -232,6 +243,30 @@ fn the_push_wire_layout_is_the_documented_one() {
         0x00, 0x00, 0x00, 0x02, b'h', b'i', // body
     ];
     assert_eq!(&push[..], expected);
+}
+
+#[test]
+fn focus_and_activity_wire_layouts_are_the_documented_ones() {
+    // docs/protocol.md, "Focus" and "Activity" examples.
+    let focus = Frame::Focus {
+        id: 5,
+        groups: vec!["g1".into()],
+    };
+    let expected: &[u8] = &[
+        0, 0, 0, 0x0b, 0x1b, 0, 0, 0, 5, 0, 1, 0, 2, b'g', b'1', //
+    ];
+    assert_eq!(&focus.encode()[..], expected);
+    let activity = Frame::Activity {
+        groups: vec![GroupActivity {
+            group: "g1".into(),
+            seq: 9,
+            pending: 2,
+        }],
+    };
+    let expected: &[u8] = &[
+        0, 0, 0, 0x17, 0x44, 0, 1, 0, 2, b'g', b'1', 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2,
+    ];
+    assert_eq!(&activity.encode()[..], expected);
 }
 
 #[test]

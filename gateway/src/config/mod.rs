@@ -88,6 +88,21 @@ pub struct DeliveryConfig {
     pub window: usize,
     /// Live pushes queued per connection before it is marked lagging and caught up from the log.
     pub queue: usize,
+    /// What a connection gets for a group its app keeps in the background (`Focus`).
+    pub background: Background,
+    /// Least time between two `Activity` frames to one connection.
+    pub activity_ms: u32,
+}
+
+/// Delivery of groups the app keeps in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Background {
+    /// Compact `Activity` notices (group, latest seq, messages pending), at most one frame
+    /// per `activity_ms`; the bodies follow when the app brings the group to the foreground.
+    Compact,
+    /// Every push in full, as for the foreground (`Focus` is accepted and has no effect).
+    Full,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -282,6 +297,8 @@ impl Default for DeliveryConfig {
             retransmit_ms: 5_000,
             window: 1024,
             queue: 1024,
+            background: Background::Compact,
+            activity_ms: 1000,
         }
     }
 }
@@ -388,6 +405,7 @@ impl Config {
             ("delivery.ack_batch", usize::from(d.ack_batch)),
             ("delivery.window", d.window),
             ("delivery.queue", d.queue),
+            ("delivery.activity_ms", d.activity_ms as usize),
             ("offline.capacity", self.offline.capacity),
             ("offline.max_catch_up", self.offline.max_catch_up as usize),
             ("unread.flush_ms", self.unread.flush_ms as usize),

@@ -14,7 +14,8 @@ use futures_util::{FutureExt, StreamExt};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{Shared, pusher};
-use crate::node::Control;
+use crate::config::Background;
+use crate::node::{ConnId, Control};
 use crate::store::{Membership, Store, StoreError};
 
 /// How long a leaving connection's last ACKs may take to apply.
@@ -269,8 +270,8 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
         let pusher = pusher::Pusher::new(shared, &user, &device, &resume, policies, attached)
             .run(push_stream)
             .map(Half::Pusher);
-        let control =
-            control_loop(shared, &user, send, recv, decoder, control_tx.clone()).map(Half::Control);
+        let control = control_loop(shared, &user, id, send, recv, decoder, control_tx.clone())
+            .map(Half::Control);
         // Each half is polled only when its own waker fires: a push does not poll the
         // control stream, nor an ACK the pusher (`select!` polls both on every wake).
         let mut halves: FuturesUnordered<Pin<Box<dyn Future<Output = Half> + Send + '_>>> =
@@ -308,6 +309,7 @@ fn gone() -> Refusal {
 async fn control_loop(
     shared: &Shared,
     user: &str,
+    conn: ConnId,
     mut send: SendStream,
     mut recv: RecvStream,
     mut decoder: FrameDecoder,
@@ -335,6 +337,16 @@ async fn control_loop(
         let mut pending = Vec::new();
         for item in requests {
             match item {
+                Ok(Frame::Focus { id, groups }) => {
+                    answer_all(shared, user, std::mem::take(&mut pending), &mut out).await;
+                    let focus = shared.node.requests.focus(user, id, groups, |foreground| {
+                        // A deployment that pushes in full accepts it and changes nothing.
+                        if shared.config.delivery.background == Background::Compact {
+                            shared.node.focus(conn, foreground);
+                        }
+                    });
+                    out.extend_from_slice(&focus.encode());
+                }
                 Ok(request) => pending.push(request),
                 Err(answer) => {
                     answer_all(shared, user, std::mem::take(&mut pending), &mut out).await;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_protocol::{AckPolicy, ErrorCode, Frame, Message, encode_push};
+use chat_protocol::{AckPolicy, ErrorCode, Frame, GroupActivity, Message, encode_push};
 use quinn::SendStream;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use super::Shared;
 use super::connection::Refusal;
 use super::cursors::Cursors;
 use super::stats::ServerMetrics;
-use crate::node::{Attached, ConnFlags, Control, Push};
+use crate::node::{Attached, ConnFlags, Control, GroupFocus, Push};
 use crate::plugins::Plugins;
 use crate::session::RequestError;
 use crate::session::visibility::render;
@@ -33,6 +33,8 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// per group per count flush, so waiting saves a packet (and the client's ACK of it) per
 /// member and flush in any group with traffic.
 const UNREAD_HOLD: Duration = Duration::from_millis(250);
+/// Most groups named in one `Activity` frame.
+const ACTIVITY_FRAME_GROUPS: usize = 1000;
 
 /// Where a new connection's delivery starts: the user's groups, this device's cursors,
 /// and the latest seq of each group that may hold something new for it.
@@ -53,6 +55,7 @@ pub(crate) struct Pusher<'a> {
     cursors: &'a Cursors,
     user: &'a str,
     device: &'a str,
+    max_catch_up: u64,
     delivery: Delivery,
     pushes: mpsc::Receiver<Arc<Push>>,
     control: mpsc::UnboundedReceiver<Control>,
@@ -70,6 +73,15 @@ pub(crate) struct Pusher<'a> {
     /// Groups assumed current on connect that have had no push since: a message sent
     /// before the connect but counted after it reaches them only through `Counted`.
     unconfirmed: HashSet<String>,
+    /// Background groups with messages not reported yet, and when the next `Activity`
+    /// may go: at once for the first, then at most one per `activity_every`.
+    activity: Vec<Arc<GroupFocus>>,
+    activity_at: Option<Instant>,
+    activity_sent_at: Option<Instant>,
+    activity_every: Duration,
+    /// The latest seq reported in `Activity`, per background group: how far the log has
+    /// to be read when the group comes to the foreground.
+    reported: HashMap<Arc<str>, u64>,
     /// When the oldest live push waiting in `out` reached this gateway.
     oldest_live: Option<Instant>,
     /// Wakes the connection for retransmits, a catch-up retry or held `UnreadChanged`
@@ -87,15 +99,40 @@ impl<'a> Pusher<'a> {
         (live, catch_up): (AckPolicy, AckPolicy),
         attached: Attached,
     ) -> Self {
-        let mut delivery = Delivery::new(live, catch_up, shared.config.delivery.window);
+        let config = &shared.config;
+        let mut pusher = Self {
+            store: shared.node.store.as_ref(),
+            plugins: &shared.node.plugins,
+            metrics: &shared.metrics,
+            cursors: &shared.cursors,
+            user,
+            device,
+            max_catch_up: config.offline.max_catch_up,
+            delivery: Delivery::new(live, catch_up, config.delivery.window),
+            pushes: attached.pushes,
+            control: attached.control,
+            flags: attached.flags,
+            out: Vec::new(),
+            unread: Vec::new(),
+            release_unread_at: None,
+            retry_catch_up_at: None,
+            unsynced: HashMap::new(),
+            sync_position: Some(resume.position),
+            unconfirmed: HashSet::new(),
+            activity: Vec::new(),
+            activity_at: None,
+            activity_sent_at: None,
+            activity_every: Duration::from_millis(config.delivery.activity_ms.into()),
+            reported: HashMap::new(),
+            oldest_live: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_at: None,
+        };
         let cursors: HashMap<&str, u64> = resume
             .cursors
             .iter()
             .map(|(g, s)| (g.as_str(), *s))
             .collect();
-        let max_catch_up = shared.config.offline.max_catch_up;
-        let mut out = Vec::new();
-        let (mut unsynced, mut unconfirmed) = (HashMap::new(), HashSet::new());
         for m in &resume.groups {
             // Resume after what this device acknowledged, never before the join watermark.
             let after = cursors
@@ -103,58 +140,48 @@ impl<'a> Pusher<'a> {
                 .copied()
                 .unwrap_or(0)
                 .max(m.joined_seq);
-            // Read only the logs that hold something new, and at most the newest
-            // `max_catch_up` messages of each: the client is told what it skipped.
+            // Read only the logs that hold something new.
             match resume.latest.get(&m.group) {
                 Some(&latest) if latest > after => {
-                    let start = after.max(latest.saturating_sub(max_catch_up));
-                    if start > after {
-                        out.push(
-                            Frame::Skipped {
-                                group: m.group.clone(),
-                                first: after + 1,
-                                last: start,
-                            }
-                            .encode(),
-                        );
-                        shared
-                            .cursors
-                            .record(user, device, [(m.group.clone(), start)]);
-                        shared.metrics.skipped.inc_by(start - after);
-                    }
-                    delivery.join(&m.group, start);
-                    unsynced.insert(m.group.clone(), latest);
+                    pusher.delivery.join(&m.group, after);
+                    pusher.skip_to_newest(&m.group, latest);
+                    pusher.unsynced.insert(m.group.clone(), latest);
                 }
                 _ => {
-                    delivery.join_current(&m.group, after);
-                    unconfirmed.insert(m.group.clone());
+                    pusher.delivery.join_current(&m.group, after);
+                    pusher.unconfirmed.insert(m.group.clone());
                 }
             }
         }
-        if unconfirmed.is_empty() {
-            attached.flags.wants_counted.store(false, Ordering::Relaxed);
+        if pusher.unconfirmed.is_empty() {
+            pusher.flags.wants_counted.store(false, Ordering::Relaxed);
         }
-        Self {
-            store: shared.node.store.as_ref(),
-            plugins: &shared.node.plugins,
-            metrics: &shared.metrics,
-            cursors: &shared.cursors,
-            user,
-            device,
-            delivery,
-            pushes: attached.pushes,
-            control: attached.control,
-            flags: attached.flags,
-            unread: Vec::new(),
-            release_unread_at: None,
-            retry_catch_up_at: None,
-            out,
-            oldest_live: None,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            timer_at: None,
-            unsynced,
-            sync_position: Some(resume.position),
-            unconfirmed,
+        pusher
+    }
+
+    /// Pushing `group` goes on at most `max_catch_up` messages before `latest`: the client
+    /// is told which older ones it skipped, and the cursor moves past them as if they were
+    /// acknowledged (once nothing before them is in flight).
+    fn skip_to_newest(&mut self, group: &str, latest: u64) {
+        let Some(sent) = self.delivery.sent(group) else {
+            return;
+        };
+        let start = latest.saturating_sub(self.max_catch_up);
+        if start <= sent {
+            return;
+        }
+        self.out.push(
+            Frame::Skipped {
+                group: group.to_owned(),
+                first: sent + 1,
+                last: start,
+            }
+            .encode(),
+        );
+        self.metrics.skipped.inc_by(start - sent);
+        if let Some(cursor) = self.delivery.skip_to(group, start) {
+            self.cursors
+                .record(self.user, self.device, [(group.to_owned(), cursor)]);
         }
     }
 
@@ -179,6 +206,7 @@ impl<'a> Pusher<'a> {
                 self.delivery.next_deadline(),
                 self.retry_catch_up_at,
                 self.release_unread_at,
+                self.activity_at,
             ]
             .into_iter()
             .flatten()
@@ -248,8 +276,46 @@ impl<'a> Pusher<'a> {
 
     async fn on_control(&mut self, control: Control) {
         match control {
-            Control::Joined { group, joined_seq } => self.delivery.join(&group, joined_seq),
-            Control::Left { group } => self.delivery.leave(&group),
+            Control::Joined {
+                group,
+                joined_seq,
+                background,
+            } => {
+                self.delivery.join(&group, joined_seq);
+                self.delivery.set_background(&group, background);
+            }
+            Control::Focus {
+                group,
+                background: true,
+                ..
+            } => {
+                // Caught up from the log when it comes back: no `Counted` needed for it.
+                self.confirm(&group);
+                self.delivery.set_background(&group, true);
+            }
+            Control::Focus {
+                group,
+                background: false,
+                latest,
+            } => {
+                if self.delivery.is_background(&group) {
+                    let reported = self.reported.remove(group.as_str()).unwrap_or(0);
+                    self.skip_to_newest(&group, latest.max(reported));
+                    self.delivery.set_background(&group, false);
+                }
+            }
+            Control::Activity(focus) => {
+                self.activity.push(focus);
+                let now = Instant::now();
+                let allowed = self
+                    .activity_sent_at
+                    .map_or(now, |at| at + self.activity_every);
+                self.activity_at.get_or_insert(allowed.max(now));
+            }
+            Control::Left { group } => {
+                self.delivery.leave(&group);
+                self.reported.remove(group.as_str());
+            }
             Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
@@ -368,8 +434,43 @@ impl<'a> Pusher<'a> {
         confirmed
     }
 
+    /// One `Activity` frame (or a few) naming the background groups with new messages.
+    fn report_activity(&mut self, now: Instant) {
+        let mut groups = Vec::new();
+        for focus in std::mem::take(&mut self.activity) {
+            // Taken before the check: a group back in the foreground starts from zero.
+            let Some(seq) = focus.take_latest() else {
+                continue;
+            };
+            let (true, Some(sent)) = (
+                self.delivery.is_background(&focus.group),
+                self.delivery.sent(&focus.group),
+            ) else {
+                continue;
+            };
+            groups.push(GroupActivity {
+                group: focus.group.to_string(),
+                seq,
+                pending: seq.saturating_sub(sent),
+            });
+            self.reported.insert(focus.group.clone(), seq);
+        }
+        for chunk in groups.chunks(ACTIVITY_FRAME_GROUPS) {
+            let frame = Frame::Activity {
+                groups: chunk.to_vec(),
+            };
+            self.out.push(frame.encode());
+        }
+        self.metrics.activity.inc_by(groups.len() as u64);
+        self.activity_at = None;
+        self.activity_sent_at = Some(now);
+    }
+
     async fn flush(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
         let release = |at: Option<Instant>| at.is_some_and(|at| at <= Instant::now());
+        if release(self.activity_at) {
+            self.report_activity(Instant::now());
+        }
         if !self.unread.is_empty() && (!self.out.is_empty() || release(self.release_unread_at)) {
             self.out.append(&mut self.unread);
             self.release_unread_at = None;

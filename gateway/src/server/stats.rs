@@ -20,6 +20,8 @@ pub(crate) struct ServerMetrics {
     pub acked: Counter,
     /// Messages announced with `Skipped` instead of pushed (too far behind on connect).
     pub skipped: Counter,
+    /// Background groups reported in `Activity` frames instead of pushed.
+    pub activity: Counter,
     /// How long the oldest live push of each write waited on this gateway.
     pub push_delay: Histogram,
 }
@@ -35,6 +37,7 @@ impl Default for ServerMetrics {
             ack_frames: Counter::default(),
             acked: Counter::default(),
             skipped: Counter::default(),
+            activity: Counter::default(),
             push_delay: latency_histogram(),
         }
     }
@@ -98,6 +101,11 @@ impl ServerMetrics {
                 "messages_skipped",
                 "Messages announced with Skipped (too far behind on connect) instead of pushed",
                 &self.skipped,
+            ),
+            (
+                "activity_reports",
+                "Background groups reported in Activity frames (compact notices) instead of pushed",
+                &self.activity,
             ),
         ];
         for (name, help, counter) in counters {

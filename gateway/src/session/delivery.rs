@@ -24,6 +24,9 @@ pub enum Offer {
     Behind,
     /// The connection is not in this group (any more).
     NotMember,
+    /// The app has the group in the background: nothing is pushed until it is foreground
+    /// again, and then the log catches it up.
+    Background,
 }
 
 #[derive(Debug)]
@@ -36,6 +39,8 @@ struct GroupState {
     acked: u64,
     /// Written but not acknowledged, by seq.
     pending: BTreeMap<u64, Pending>,
+    /// The app does not show it (`Focus`): no pushes, live or caught up.
+    background: bool,
 }
 
 #[derive(Debug)]
@@ -82,6 +87,7 @@ pub struct Delivery {
     /// copies, not one per timeout.
     backoff: u32,
     in_flight: usize,
+    /// Foreground groups to catch up from the log (a background group never is).
     behind: BTreeSet<String>,
 }
 
@@ -111,8 +117,9 @@ impl Delivery {
                 sent: after,
                 acked: after,
                 pending: BTreeMap::new(),
+                background: false,
             });
-        self.behind.insert(group.to_owned());
+        self.mark_behind(group);
     }
 
     /// Starts delivering `group` after `after`, known to be its head: nothing to catch up
@@ -130,16 +137,53 @@ impl Delivery {
         self.behind.remove(group);
     }
 
-    /// Marks `group` behind (if the connection is still in it), to catch up later.
+    /// Marks `group` behind (if the connection is still in it and it is in the
+    /// foreground), to catch up later.
     pub fn mark_behind(&mut self, group: &str) {
-        if self.groups.contains_key(group) {
+        if self.groups.get(group).is_some_and(|g| !g.background) {
             self.behind.insert(group.to_owned());
         }
     }
 
-    /// Marks every group behind, e.g. after live events were dropped for this connection.
+    /// Marks every foreground group behind, e.g. after live events were dropped for this
+    /// connection.
     pub fn resync_all(&mut self) {
-        self.behind.extend(self.groups.keys().cloned());
+        let foreground = self.groups.iter().filter(|(_, g)| !g.background);
+        self.behind.extend(foreground.map(|(name, _)| name.clone()));
+    }
+
+    /// Moves `group` to the background (no more pushes; those in flight stay tracked) or
+    /// back to the foreground, where the log catches it up.
+    pub fn set_background(&mut self, group: &str, background: bool) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        state.background = background;
+        if background {
+            self.behind.remove(group);
+        } else {
+            self.behind.insert(group.to_owned());
+        }
+    }
+
+    /// Moves past `seq` in `group` without sending (the client was told it was skipped).
+    /// Returns the new acknowledged prefix when nothing before it is in flight.
+    pub fn skip_to(&mut self, group: &str, seq: u64) -> Option<u64> {
+        let state = self.groups.get_mut(group)?;
+        if seq <= state.sent {
+            return None;
+        }
+        state.sent = seq;
+        if !state.pending.is_empty() {
+            return None;
+        }
+        state.acked = seq;
+        Some(seq)
+    }
+
+    /// Whether the connection is in `group` and has it in the background.
+    pub fn is_background(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.background)
     }
 
     /// Highest seq sent in `group`, if the connection is in it.
@@ -176,6 +220,9 @@ impl Delivery {
         };
         if seq <= state.sent {
             return Offer::Duplicate;
+        }
+        if state.background {
+            return Offer::Background;
         }
         if seq != state.sent + 1 || self.in_flight >= self.window {
             self.behind.insert(group.to_owned());
@@ -374,6 +421,33 @@ mod tests {
         assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Duplicate);
         assert_eq!(d.offer("other", 1, &push(1), false, now), Offer::NotMember);
         assert_eq!(d.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_background_group_gets_no_pushes_and_is_caught_up_when_foreground_again() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join_current("g", 0);
+        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
+        d.set_background("g", true);
+        assert!(d.is_background("g"));
+        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Background);
+        assert_eq!(d.offer("g", 2, &push(2), true, now), Offer::Background);
+        // Neither a resync nor a gap reads the log for it while it is in the background.
+        d.resync_all();
+        d.mark_behind("g");
+        assert!(d.take_behind().is_empty());
+        // What was in flight is still retransmitted and acknowledged.
+        assert_eq!(
+            d.due_retransmits(now + Duration::from_secs(2)),
+            vec![push(1)]
+        );
+        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".to_string(), 1)]);
+        // Foreground: the log catches up after the last push sent.
+        d.set_background("g", false);
+        assert_eq!(d.take_behind(), vec!["g".to_string()]);
+        assert_eq!(d.sent("g"), Some(1));
+        assert_eq!(d.offer("g", 2, &push(2), true, now), Offer::Send);
     }
 
     #[test]

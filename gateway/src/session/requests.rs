@@ -2,6 +2,7 @@
 //! request; each returns the response frame or a [`RequestError`] that becomes an
 //! `Error` frame with the same request id.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,8 @@ pub const MAX_CONVERSATIONS: usize = 1000;
 /// Groups listed in one `Unread` answer (the total counts them all): 2,000 of the
 /// longest ids still fit in a frame.
 pub const MAX_UNREAD_GROUPS: usize = 2000;
+/// Most groups one `Focus` may name.
+pub const MAX_FOCUS_GROUPS: usize = 1000;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,16 @@ fn check_id(kind: &str, id: &str) -> Result<(), RequestError> {
             "invalid {kind} id {id:?}: use 1 to 64 characters from A-Z a-z 0-9 _ - . @ :"
         )))
     }
+}
+
+fn check_focus(groups: &[String]) -> Result<(), RequestError> {
+    if groups.len() > MAX_FOCUS_GROUPS {
+        return Err(RequestError::InvalidArgument(format!(
+            "{} groups in Focus; at most {MAX_FOCUS_GROUPS}",
+            groups.len()
+        )));
+    }
+    groups.iter().try_for_each(|g| check_id("group", g))
 }
 
 fn check_users(users: &[String]) -> Result<(), RequestError> {
@@ -210,6 +223,23 @@ impl Requests {
         }
         self.send_all(user, sends, &mut responses).await;
         responses
+    }
+
+    /// Answers `Focus`: checks the groups and hands the set to `apply` (a connection's
+    /// fan-out state is the node's, not a request's).
+    pub fn focus(
+        &self,
+        user: &str,
+        id: u32,
+        groups: Vec<String>,
+        apply: impl FnOnce(HashSet<String>),
+    ) -> Frame {
+        let started = Instant::now();
+        let result = check_focus(&groups).map(|()| {
+            apply(groups.into_iter().collect());
+            Frame::Done { id }
+        });
+        self.answer(user, id, "Focus", started, result)
     }
 
     /// Stores and publishes the prepared sends as one batch; appends their responses.

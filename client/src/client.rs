@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_protocol::{
-    AckPolicy, Conversation, ErrorCode, Frame, FrameDecoder, HistoryPage, MemberInfo, Message,
-    PROTOCOL_VERSION, UnreadCount,
+    AckPolicy, Conversation, ErrorCode, Frame, FrameDecoder, GroupActivity, HistoryPage,
+    MemberInfo, Message, PROTOCOL_VERSION, UnreadCount,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -62,6 +62,10 @@ struct Inner {
     unread_changes: Mutex<mpsc::UnboundedReceiver<Vec<UnreadCount>>>,
     /// `Skipped` notices, across connections.
     skipped: Mutex<mpsc::UnboundedReceiver<Skipped>>,
+    /// `Activity` notices of background groups, across connections.
+    activity: Mutex<mpsc::UnboundedReceiver<Vec<GroupActivity>>>,
+    /// The groups the application shows, once it said (sent again after a reconnect).
+    focus: StdMutex<Option<Vec<String>>>,
     next_id: AtomicU32,
     closing: AtomicBool,
 }
@@ -96,10 +100,12 @@ impl Client {
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let (unread_tx, unread_changes) = mpsc::unbounded_channel();
         let (skipped_tx, skipped) = mpsc::unbounded_channel();
+        let (activity_tx, activity) = mpsc::unbounded_channel();
         let pushes = PushSinks {
             inbox: inbox_tx,
             unread: unread_tx,
             skipped: skipped_tx,
+            activity: activity_tx,
         };
         let servers = if opts.reconnect {
             opts.servers()
@@ -131,6 +137,8 @@ impl Client {
             inbox: Mutex::new(inbox),
             unread_changes: Mutex::new(unread_changes),
             skipped: Mutex::new(skipped),
+            activity: Mutex::new(activity),
+            focus: StdMutex::new(None),
             next_id: AtomicU32::new(1),
             closing: AtomicBool::new(false),
             opts,
@@ -332,6 +340,34 @@ impl Client {
     pub async fn next_skipped(&self, wait: Duration) -> Option<Skipped> {
         let mut skipped = self.inner.skipped.lock().await;
         tokio::time::timeout(wait, skipped.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Tells the gateway which groups the application shows now (replacing the last
+    /// call's): the others are in the background, and where the gateway allows it they
+    /// get [`Client::next_activity`] notices instead of pushes, until a later call brings
+    /// them back (their messages then arrive from the log). Sent again after a reconnect.
+    pub async fn focus(&self, groups: &[String]) -> Result<(), ClientError> {
+        *self
+            .inner
+            .focus
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(groups.to_vec());
+        self.send_focus(groups.to_vec()).await
+    }
+
+    async fn send_focus(&self, groups: Vec<String>) -> Result<(), ClientError> {
+        let response = self.request(|id| Frame::Focus { id, groups }).await?;
+        expect_done(response)
+    }
+
+    /// The next `Activity` notice: background groups (see [`Client::focus`]) that got
+    /// messages, each with its latest seq and how many messages are not pushed yet.
+    pub async fn next_activity(&self, wait: Duration) -> Option<Vec<GroupActivity>> {
+        let mut activity = self.inner.activity.lock().await;
+        tokio::time::timeout(wait, activity.recv())
             .await
             .ok()
             .flatten()
@@ -644,6 +680,17 @@ async fn reconnect_forever(inner: Weak<Inner>, pushes: PushSinks) {
                     i.relinked.send_modify(|n| *n += 1);
                     // Stay on this server next time, unless it goes away too.
                     next_server -= 1;
+                    let focus = i
+                        .focus
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    if let Some(groups) = focus {
+                        let client = Client { inner: i.clone() };
+                        if let Err(error) = client.send_focus(groups).await {
+                            tracing::warn!(%error, "sending the focus again failed");
+                        }
+                    }
                     break;
                 }
                 Err(e) if e.is_transient() => {

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use chat_protocol::{
-    AckPolicy, Conversation, ErrorCode, HistoryPage, MemberInfo, Message, Role, UnreadCount,
+    AckPolicy, Conversation, ErrorCode, GroupActivity, HistoryPage, MemberInfo, Message, Role,
+    UnreadCount,
 };
 pub use client::Client;
 pub use error::ClientError;

@@ -112,6 +112,10 @@ enum Command {
         /// Exit after this many seconds in total (fractions allowed).
         #[arg(long, value_parser = parse_seconds)]
         timeout: Option<Duration>,
+        /// Show only these groups, comma-separated (empty: none): the others are in the
+        /// background and print compact activity notices instead of messages.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        focus: Option<Vec<String>>,
     },
     /// Your unread counts: the total, then each group with unread messages.
     Unread,
@@ -233,7 +237,17 @@ async fn execute(client: &Client, out: &Output, command: Command) -> anyhow::Res
             messages.sort_by_key(|m| m.seq);
             messages.iter().try_for_each(|m| out.message(m))
         }
-        Command::Listen { count, timeout } => listen(client, out, count, timeout).await,
+        Command::Listen {
+            count,
+            timeout,
+            focus,
+        } => {
+            if let Some(mut groups) = focus {
+                groups.retain(|g| !g.is_empty());
+                client.focus(&groups).await?;
+            }
+            listen(client, out, count, timeout).await
+        }
         Command::Unread => out.unread(&client.unread().await?),
         Command::Read { group, seq } => Ok(client.mark_read(&group, seq).await?),
         Command::Conversations { limit } => client
@@ -283,6 +297,12 @@ async fn listen(
                     "skipped {} seqs {}..={}: too far behind to push (see `chat history`)",
                     s.group, s.first, s.last
                 );
+                continue;
+            }
+            Some(groups) = client.next_activity(Duration::from_secs(3600)) => {
+                for a in groups {
+                    eprintln!("activity {}: up to seq {}, {} not pushed", a.group, a.seq, a.pending);
+                }
                 continue;
             }
             _ = &mut until_deadline => return Ok(()),

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_protocol::{DecodeError, ErrorCode, Frame, FrameDecoder, Message, UnreadCount};
+use chat_protocol::{
+    DecodeError, ErrorCode, Frame, FrameDecoder, GroupActivity, Message, UnreadCount,
+};
 use quinn::{Connection, ReadError, RecvStream, SendStream, VarInt, WriteError};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -370,6 +372,7 @@ pub(crate) struct PushSinks {
     pub inbox: mpsc::Sender<Message>,
     pub unread: mpsc::UnboundedSender<Vec<UnreadCount>>,
     pub skipped: mpsc::UnboundedSender<Skipped>,
+    pub activity: mpsc::UnboundedSender<Vec<GroupActivity>>,
 }
 
 /// Accepts the gateway's push stream and queues its new pushes for the application.
@@ -383,6 +386,7 @@ pub(crate) async fn push_reader(
         inbox,
         unread,
         skipped,
+        activity,
     } = sinks;
     let mut recv = match conn.accept_uni().await {
         Ok(recv) => recv,
@@ -408,6 +412,9 @@ pub(crate) async fn push_reader(
             }
             Ok(Some(Frame::Skipped { group, first, last })) => {
                 let _ = skipped.send(Skipped { group, first, last });
+            }
+            Ok(Some(Frame::Activity { groups })) => {
+                let _ = activity.send(groups);
             }
             Ok(Some(Frame::GoAway { deadline_ms, .. })) => shared.go_away(deadline_ms),
             Ok(Some(other)) => {

@@ -257,3 +257,25 @@ async fn pipelined_sends_are_answered_in_order_and_one_bad_send_spoils_nothing()
         .collect();
     assert_eq!(got, expected);
 }
+
+#[tokio::test]
+async fn a_bad_focus_is_refused_and_changes_nothing() {
+    let gw = TestGateway::start().await;
+    let alice = gw.connect("alice").await;
+    alice.create_group("g", &users(&["bob"])).await.unwrap();
+    let bob = gw.connect("bob").await;
+
+    let too_many: Vec<String> = (0..=1000).map(|i| format!("g{i}")).collect();
+    let err = bob.focus(&too_many).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::INVALID_ARGUMENT));
+    let err = bob.focus(&users(&["g", "not a group"])).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::INVALID_ARGUMENT));
+
+    // Still in the foreground: pushes keep coming, and the connection works.
+    alice.send("g", "still here").await.unwrap();
+    assert_eq!(texts(&receive(&bob, 1).await), ["still here"]);
+    // Groups the user is not in are allowed (membership may change) and ignored.
+    bob.focus(&users(&["g", "unknown"])).await.unwrap();
+    alice.send("g", "and here").await.unwrap();
+    assert_eq!(texts(&receive(&bob, 1).await), ["and here"]);
+}

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod delivery;
+mod focus;
 mod groups;
 mod history;
 mod messaging;

@@ -84,18 +84,20 @@ pub fn endpoints(members: usize, cert: &Path) -> anyhow::Result<Vec<Endpoint>> {
         .collect()
 }
 
-/// Connects `users` (user i to `gateways[i % len]`), at most `CONNECTING` at a time.
+/// Connects `users` (user i to `gateways[i % len]`), at most `CONNECTING` at a time;
+/// with `background`, each keeps its groups in the background (`Focus` naming none).
 pub async fn connect(
     endpoints: &[Endpoint],
     gateways: &[SocketAddr],
     users: &[String],
     token: impl Fn(&str) -> String,
+    background: bool,
 ) -> anyhow::Result<Vec<Member>> {
     let attempts = users.iter().enumerate().map(|(i, user)| {
         let endpoint = endpoints[i / MEMBERS_PER_ENDPOINT].clone();
         let addr = gateways[i % gateways.len()];
         let token = token(user);
-        async move { join(&endpoint, addr, token).await }
+        async move { join(&endpoint, addr, token, background).await }
     });
     let members: Vec<anyhow::Result<Member>> = futures_util::stream::iter(attempts)
         .buffered(CONNECTING)
@@ -104,7 +106,12 @@ pub async fn connect(
     members.into_iter().collect()
 }
 
-async fn join(endpoint: &Endpoint, addr: SocketAddr, token: String) -> anyhow::Result<Member> {
+async fn join(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    token: String,
+    background: bool,
+) -> anyhow::Result<Member> {
     let connection = endpoint.connect(addr, "localhost")?.await?;
     let (mut control, mut answers) = connection.open_bi().await?;
     let hello = Frame::Hello {
@@ -113,25 +120,36 @@ async fn join(endpoint: &Endpoint, addr: SocketAddr, token: String) -> anyhow::R
         device: "bench".into(),
     };
     control.write_all(&hello.encode()).await?;
+    if background {
+        let focus = Frame::Focus {
+            id: 1,
+            groups: Vec::new(),
+        };
+        control.write_all(&focus.encode()).await?;
+    }
     let mut decoder = FrameDecoder::new();
-    let policy = loop {
+    let mut policy = None;
+    // Connected once welcomed and, in the background, once the focus is applied.
+    while policy.is_none() || background {
         if let Some(frame) = decoder.next_frame()? {
             match frame {
-                Frame::Welcome { ack, .. } => break ack,
-                other => bail!("expected Welcome, got {:?}", other.frame_type()),
+                Frame::Welcome { ack, .. } => policy = Some(ack),
+                Frame::Done { id: 1 } if background => break,
+                other => bail!("unexpected {:?} while connecting", other.frame_type()),
             }
+            continue;
         }
         let chunk = answers
             .read_chunk(MAX_FRAME_LEN, true)
             .await?
             .context("control stream closed before Welcome")?;
         decoder.extend(&chunk.bytes);
-    };
+    }
     // The gateway's push stream shows up with its first push.
     Ok(Member {
         connection,
         control,
-        policy,
+        policy: policy.context("no Welcome")?,
     })
 }
 
@@ -141,6 +159,9 @@ pub struct Received {
     pub unique: u64,
     /// End-to-end latency of each, in microseconds.
     pub latencies_us: Vec<u32>,
+    /// In the background: each `Activity` entry that covered new seqs, as (group, first
+    /// seq, last seq, arrival on the clock); latencies come from the send times later.
+    pub notices: Vec<(String, u64, u64, u64)>,
     /// When the last unique push arrived.
     pub last_at: Option<Instant>,
     pub error: Option<String>,
@@ -164,6 +185,7 @@ impl Member {
         let mut received = Received {
             unique: 0,
             latencies_us: Vec::with_capacity(expected as usize),
+            notices: Vec::new(),
             last_at: None,
             error: None,
             connection: self.connection.clone(),
@@ -225,8 +247,21 @@ impl Member {
                         return received;
                     }
                 };
-                let Frame::Push { message } = frame else {
-                    continue;
+                let message = match frame {
+                    Frame::Push { message } => message,
+                    Frame::Activity { groups } => {
+                        for a in groups {
+                            let last = latest.entry(a.group.clone()).or_default();
+                            if a.seq > *last {
+                                received.unique += a.seq - *last;
+                                received.last_at = Some(Instant::now());
+                                received.notices.push((a.group, *last + 1, a.seq, now));
+                                *last = a.seq;
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 };
                 let seq = message.seq;
                 let last = match latest.get_mut(&message.group) {

@@ -29,15 +29,20 @@ pub enum Scenario {
     /// 10,000 members in 1,000 groups of 10, 20,000 messages spread over the groups, R=0.
     #[value(name = "many-groups")]
     ManyGroups,
+    /// saturate-10k with the group in every member's background: compact `Activity`
+    /// notices instead of pushes (what `delivery.background = "compact"` saves).
+    #[value(name = "background-10k")]
+    Background10k,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Saturate1k,
         Scenario::Saturate10k,
         Scenario::Steady5k,
         Scenario::Steady10k,
         Scenario::ManyGroups,
+        Scenario::Background10k,
     ];
 
     fn name(self) -> &'static str {
@@ -47,6 +52,7 @@ impl Scenario {
             Scenario::Steady5k => "steady-5k",
             Scenario::Steady10k => "steady-10k",
             Scenario::ManyGroups => "many-groups",
+            Scenario::Background10k => "background-10k",
         }
     }
 
@@ -57,6 +63,7 @@ impl Scenario {
             Scenario::Steady5k => (5_000, 200, 10.0, 1),
             Scenario::Steady10k => (10_000, 200, 10.0, 1),
             Scenario::ManyGroups => (10_000, 20_000, 0.0, 1_000),
+            Scenario::Background10k => (10_000, 200, 0.0, 1),
         };
         Workload {
             members,
@@ -65,12 +72,13 @@ impl Scenario {
             payload_bytes: 200,
             groups,
             window: 64,
+            background: self == Scenario::Background10k,
         }
     }
 
-    /// The peers run the one-group scenarios only.
+    /// The peers run their own four scenarios only.
     fn has_peers(self) -> bool {
-        self != Scenario::ManyGroups
+        !matches!(self, Scenario::ManyGroups | Scenario::Background10k)
     }
 }
 
@@ -305,6 +313,13 @@ fn print_bar(medians: &Medians, lines: &[(Scenario, Value)]) {
         "deliveries_per_s",
     ) {
         println!("info 3 gateways ÷ 1 gateway on Redis, saturate-10k deliveries/s: {scaling:.2}");
+    }
+    let cpu = |scenario| get(medians, scenario, gw, "server_cpu_us_per_delivery");
+    if let (Some(compact), Some(full)) = (cpu(Scenario::Background10k), cpu(s10k)) {
+        println!(
+            "info gateway CPU per member-message, background-10k ÷ saturate-10k (compact notices vs pushes): {:.3}",
+            compact / full
+        );
     }
     let lost: f64 = lines.iter().filter_map(|(_, l)| l["lost"].as_f64()).sum();
     let failed = lines

@@ -1,6 +1,7 @@
 //! One run: deploy, set up the groups, connect the members, send, wait for every
 //! delivery, and read what it cost. Prints nothing; returns the JSON line.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,15 @@ pub struct Workload {
     /// Sends in flight at rate 0 (the sender's back-pressure).
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Members keep their group in the background (`Focus` naming none): they get compact
+    /// `Activity` notices instead of pushes, and a delivery is a message a notice covered
+    /// (its latency: from its send to the notice).
+    #[arg(long)]
+    pub background: bool,
 }
+
+/// When each message was stamped, by group and seq (from the sender's `Sent`).
+type SendTimes = std::sync::Mutex<HashMap<String, HashMap<u64, u64>>>;
 
 pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> anyhow::Result<Value> {
     let w = workload;
@@ -75,7 +84,7 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     let rss_before = deployment.rss_kb();
     let connect_started = Instant::now();
     let endpoints = load::endpoints(w.members, &deployment.cert)?;
-    let members = load::connect(&endpoints, &gateways, &users, token).await?;
+    let members = load::connect(&endpoints, &gateways, &users, token, w.background).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
     let rss_connected = deployment.rss_kb();
 
@@ -104,7 +113,9 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         .into_iter()
         .map(|m| tokio::spawn(m.receive(per_member, clock.clone(), deadline)))
         .collect();
-    let send_errors = send(&sender, &groups, w, &clock).await;
+    let send_times = SendTimes::default();
+    let send_errors = send(&sender, &groups, w, &clock, &send_times).await;
+    let send_times = send_times.into_inner().expect("send times");
     let mut latencies = Vec::with_capacity(w.members * per_member as usize);
     let (mut deliveries, mut errors, mut last) = (0u64, 0usize, go);
     let mut connections = Vec::with_capacity(w.members);
@@ -112,6 +123,13 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         let received = receiver.await?;
         deliveries += received.unique;
         latencies.extend(received.latencies_us);
+        for (group, first, last, at) in received.notices {
+            let sent = &send_times[&group];
+            latencies.extend((first..=last).filter_map(|seq| {
+                let us = at.saturating_sub(*sent.get(&seq)?) / 1000;
+                Some(us.min(u32::MAX.into()) as u32)
+            }));
+        }
         errors += usize::from(received.error.is_some());
         last = last.max(received.last_at.unwrap_or(go));
         connections.push(received.connection);
@@ -137,6 +155,7 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         "messages": w.messages,
         "rate": w.rate,
         "groups": w.groups,
+        "background": w.background,
         "deliveries": deliveries,
         "expected_deliveries": expected,
         "lost": expected.saturating_sub(deliveries),
@@ -209,7 +228,13 @@ async fn create_groups(sender: &Client, groups: &[String], users: &[String]) -> 
 /// Sends the messages round-robin over the groups: at `rate`, each stamped with the time
 /// it was due (lateness counts as latency); at rate 0, `window` in flight, each stamped
 /// when it goes. Returns how many sends failed.
-async fn send(sender: &Client, groups: &[String], w: &Workload, clock: &Clock) -> usize {
+async fn send(
+    sender: &Client,
+    groups: &[String],
+    w: &Workload,
+    clock: &Clock,
+    times: &SendTimes,
+) -> usize {
     let start = Instant::now();
     let sends = (0..w.messages).map(|i| {
         let group = &groups[i % groups.len()];
@@ -221,10 +246,14 @@ async fn send(sender: &Client, groups: &[String], w: &Workload, clock: &Clock) -
             } else {
                 clock.now_ns()
             };
-            sender
-                .send(group, load::body(stamp, w.payload_bytes))
-                .await
-                .is_err()
+            match sender.send(group, load::body(stamp, w.payload_bytes)).await {
+                Ok(sent) => {
+                    let mut times = times.lock().expect("send times");
+                    times.entry(sent.group).or_default().insert(sent.seq, stamp);
+                    false
+                }
+                Err(_) => true,
+            }
         }
     });
     // At a rate, as many in flight as it takes to keep the schedule.

@@ -327,22 +327,14 @@ impl Client {
     /// The next `UnreadChanged` push: new counts of some groups (each replaces the one
     /// before). The gateway sends them per count flush, not per message.
     pub async fn next_unread_change(&self, wait: Duration) -> Option<Vec<UnreadCount>> {
-        let mut changes = self.inner.unread_changes.lock().await;
-        tokio::time::timeout(wait, changes.recv())
-            .await
-            .ok()
-            .flatten()
+        next_within(&self.inner.unread_changes, wait).await
     }
 
     /// The next `Skipped` notice: on connect the device was too far behind in a group,
     /// and the gateway pushes only the newest messages; the skipped range is for the
     /// application to fetch with [`Client::history`] if (and when) it wants it.
     pub async fn next_skipped(&self, wait: Duration) -> Option<Skipped> {
-        let mut skipped = self.inner.skipped.lock().await;
-        tokio::time::timeout(wait, skipped.recv())
-            .await
-            .ok()
-            .flatten()
+        next_within(&self.inner.skipped, wait).await
     }
 
     /// Tells the gateway which groups the application shows now (replacing the last
@@ -366,11 +358,7 @@ impl Client {
     /// The next `Activity` notice: background groups (see [`Client::focus`]) that got
     /// messages, each with its latest seq and how many messages are not pushed yet.
     pub async fn next_activity(&self, wait: Duration) -> Option<Vec<GroupActivity>> {
-        let mut activity = self.inner.activity.lock().await;
-        tokio::time::timeout(wait, activity.recv())
-            .await
-            .ok()
-            .flatten()
+        next_within(&self.inner.activity, wait).await
     }
 
     /// One page of `group`'s history, in ascending seq order.
@@ -703,6 +691,15 @@ async fn reconnect_forever(inner: Weak<Inner>, pushes: PushSinks) {
             }
         }
     }
+}
+
+/// The next item of one of the client's notice queues, if one comes within `wait`.
+async fn next_within<T>(queue: &Mutex<mpsc::UnboundedReceiver<T>>, wait: Duration) -> Option<T> {
+    let mut queue = queue.lock().await;
+    tokio::time::timeout(wait, queue.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// `d` scaled by a random factor in [0.5, 1.5), so clients that lost the same gateway

@@ -80,7 +80,11 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     let remote = connection.remote_address();
     let hello_timeout = Duration::from_secs(shared.config.transport.hello_timeout_s);
-    let session = match tokio::time::timeout(hello_timeout, handshake(&connection, &shared)).await {
+    // Steps that run once or now and then are boxed: a future holds the largest state of
+    // any of its awaits for as long as it lives, and 10,000 idle connections would each
+    // keep that much (a plugin call, a store read) for nothing.
+    let handshake = Box::pin(handshake(&connection, &shared));
+    let session = match tokio::time::timeout(hello_timeout, handshake).await {
         Ok(Ok(session)) => session,
         Ok(Err(refusal)) => {
             tracing::info!(%remote, code = %refusal.code, reason = %refusal.reason, "connection refused");
@@ -248,13 +252,15 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
     let unavailable = |e: &dyn std::fmt::Display| {
         Refusal::new(ErrorCode::UNAVAILABLE, format!("store unavailable: {e}"))
     };
-    let (attached, groups) = node.attach(&user).await.map_err(|e| unavailable(&e))?;
+    let (attached, groups) = Box::pin(node.attach(&user))
+        .await
+        .map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
-        let resume = resume(node.store.as_ref(), &user, &device, groups)
+        let resume = Box::pin(resume(node.store.as_ref(), &user, &device, groups))
             .await
             .map_err(|e| unavailable(&e))?;
-        let policies = node.plugins.ack_policies(&user, &device).await;
+        let policies = Box::pin(node.plugins.ack_policies(&user, &device)).await;
         let welcome = Frame::Welcome {
             version: PROTOCOL_VERSION,
             user: user.clone(),
@@ -289,7 +295,7 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
         }
     }
     .await;
-    node.detach(id).await;
+    Box::pin(node.detach(id)).await;
     result
 }
 
@@ -380,7 +386,8 @@ async fn answer_all(shared: &Shared, user: &str, requests: Vec<Frame>, out: &mut
     if requests.is_empty() {
         return;
     }
-    for response in shared.node.requests.handle_all(user, requests).await {
+    let responses = Box::pin(shared.node.requests.handle_all(user, requests)).await;
+    for response in responses {
         out.extend_from_slice(&response.encode());
     }
 }

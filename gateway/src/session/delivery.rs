@@ -241,6 +241,11 @@ impl Delivery {
         Offer::Send
     }
 
+    /// Whether some group waits to be caught up from the log.
+    pub fn has_behind(&self) -> bool {
+        !self.behind.is_empty()
+    }
+
     /// Groups to catch up from the log, if the window has room for them. Each is taken
     /// out of the behind set; offering it a push that does not fit puts it back.
     pub fn take_behind(&mut self) -> Vec<String> {

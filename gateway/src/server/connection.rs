@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_protocol::{
-    DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION, valid_id,
+    AckPolicy, DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    valid_id,
 };
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -244,38 +245,28 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
     let Session {
         user,
         device,
-        mut send,
+        send,
         recv,
         decoder,
     } = session;
     let node = &shared.node;
-    let unavailable = |e: &dyn std::fmt::Display| {
-        Refusal::new(ErrorCode::UNAVAILABLE, format!("store unavailable: {e}"))
-    };
     let (attached, groups) = Box::pin(node.attach(&user))
         .await
         .map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
-        let resume = Box::pin(resume(node.store.as_ref(), &user, &device, groups))
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let policies = Box::pin(node.plugins.ack_policies(&user, &device)).await;
-        let welcome = Frame::Welcome {
-            version: PROTOCOL_VERSION,
-            user: user.clone(),
-            ack: policies.0,
-            catch_up_ack: policies.1,
-            max_frame_len: MAX_FRAME_LEN as u32,
-        };
-        send.write_all(&welcome.encode())
-            .await
-            .map_err(|_| gone())?;
-        let push_stream = connection.open_uni().await.map_err(|_| gone())?;
+        let start = welcome(connection, shared, &user, &device, send, groups);
+        let Welcomed {
+            resume,
+            policies,
+            send,
+            push_stream,
+        } = Box::pin(start).await?;
         let control_tx = attached.control_tx.clone();
         let pusher = pusher::Pusher::new(shared, &user, &device, &resume, policies, attached)
             .run(push_stream)
             .map(Half::Pusher);
+        drop(resume);
         let control = control_loop(shared, &user, id, send, recv, decoder, control_tx.clone())
             .map(Half::Control);
         // Each half is polled only when its own waker fires: a push does not poll the
@@ -297,6 +288,55 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
     .await;
     Box::pin(node.detach(id)).await;
     result
+}
+
+fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
+    Refusal::new(
+        ErrorCode::UNAVAILABLE,
+        format!("store unavailable: {error}"),
+    )
+}
+
+/// A connection past `Welcome`, ready to serve.
+struct Welcomed {
+    resume: pusher::Resume,
+    policies: (AckPolicy, AckPolicy),
+    send: SendStream,
+    push_stream: SendStream,
+}
+
+/// Reads where delivery resumes, asks the plugins for the ACK policies, sends `Welcome`
+/// and opens the push stream.
+async fn welcome(
+    connection: &Connection,
+    shared: &Shared,
+    user: &str,
+    device: &str,
+    mut send: SendStream,
+    groups: Vec<Membership>,
+) -> Result<Welcomed, Refusal> {
+    let node = &shared.node;
+    let resume = resume(node.store.as_ref(), user, device, groups)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let policies = node.plugins.ack_policies(user, device).await;
+    let welcome = Frame::Welcome {
+        version: PROTOCOL_VERSION,
+        user: user.to_owned(),
+        ack: policies.0,
+        catch_up_ack: policies.1,
+        max_frame_len: MAX_FRAME_LEN as u32,
+    };
+    send.write_all(&welcome.encode())
+        .await
+        .map_err(|_| gone())?;
+    let push_stream = connection.open_uni().await.map_err(|_| gone())?;
+    Ok(Welcomed {
+        resume,
+        policies,
+        send,
+        push_stream,
+    })
 }
 
 /// What ended first, the control loop or the pusher.

@@ -8,10 +8,15 @@ use std::time::Duration;
 
 use crate::store::{CursorAdvance, Store};
 
+/// device → group → highest acknowledged seq.
+type Devices = HashMap<String, HashMap<String, u64>>;
+
 pub(crate) struct Cursors {
     store: Arc<dyn Store>,
-    /// (user, device) → group → highest acknowledged seq, not written yet.
-    pending: Mutex<HashMap<(String, String), HashMap<String, u64>>>,
+    /// user → device → group → highest acknowledged seq, not written yet. Nested so that
+    /// recording (once per `Ack` frame) looks keys up by `&str` and allocates only for a
+    /// device or group new since the last flush.
+    pending: Mutex<HashMap<String, Devices>>,
     /// Held while writing, so a flush returns only once what was recorded before it is written.
     writing: tokio::sync::Mutex<()>,
 }
@@ -26,18 +31,17 @@ impl Cursors {
     }
 
     /// Notes how far a device acknowledged; written by the next flush.
-    pub fn record(
+    pub fn record<G: AsRef<str>>(
         &self,
         user: &str,
         device: &str,
-        cursors: impl IntoIterator<Item = (String, u64)>,
+        cursors: impl IntoIterator<Item = (G, u64)>,
     ) {
         let mut pending = self.pending.lock().expect("cursors lock");
-        let device = pending
-            .entry((user.to_owned(), device.to_owned()))
-            .or_default();
+        let devices = entry(&mut pending, user);
+        let groups = entry(devices, device);
         for (group, seq) in cursors {
-            let saved = device.entry(group).or_default();
+            let saved = entry(groups, group.as_ref());
             *saved = (*saved).max(seq);
         }
     }
@@ -45,11 +49,15 @@ impl Cursors {
     /// Writes everything recorded so far, in one store call.
     pub async fn flush(&self) {
         let _writing = self.writing.lock().await;
-        let batch: Vec<CursorAdvance> =
-            std::mem::take(&mut *self.pending.lock().expect("cursors lock"))
-                .into_iter()
-                .map(|((user, device), groups)| (user, device, groups.into_iter().collect()))
-                .collect();
+        let pending = std::mem::take(&mut *self.pending.lock().expect("cursors lock"));
+        let batch: Vec<CursorAdvance> = pending
+            .into_iter()
+            .flat_map(|(user, devices)| {
+                devices.into_iter().map(move |(device, groups)| {
+                    (user.clone(), device, groups.into_iter().collect())
+                })
+            })
+            .collect();
         if batch.is_empty() {
             return;
         }
@@ -72,4 +80,12 @@ impl Cursors {
             }
         }
     }
+}
+
+/// `map[key]`, inserted empty if missing; the key is copied only then.
+fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("just inserted")
 }

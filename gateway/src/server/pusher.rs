@@ -181,7 +181,7 @@ impl<'a> Pusher<'a> {
         self.metrics.skipped.inc_by(start - sent);
         if let Some(cursor) = self.delivery.skip_to(group, start) {
             self.cursors
-                .record(self.user, self.device, [(group.to_owned(), cursor)]);
+                .record(self.user, self.device, [(group, cursor)]);
         }
     }
 
@@ -225,13 +225,14 @@ impl<'a> Pusher<'a> {
             tokio::select! {
                 push = self.pushes.recv() => {
                     let Some(push) = push else { return Ok(()) };
-                    self.offer_live(push);
-                    self.take_queued();
+                    let now = Instant::now();
+                    self.offer_live(push, now);
+                    self.take_queued(now);
                     if self.out.len() < BATCH {
                         // Let the tasks already woken (the node fanning out the events that
                         // arrived with this one) run first: more pushes share each packet.
                         tokio::task::yield_now().await;
-                        self.take_queued();
+                        self.take_queued(Instant::now());
                     }
                 }
                 control = self.control.recv() => match control {
@@ -252,18 +253,17 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    /// Offers what else is queued, up to a batch.
-    fn take_queued(&mut self) {
+    /// Offers what else is queued, up to a batch (one clock reading for all of them).
+    fn take_queued(&mut self, now: Instant) {
         while self.out.len() < BATCH {
             match self.pushes.try_recv() {
-                Ok(push) => self.offer_live(push),
+                Ok(push) => self.offer_live(push, now),
                 Err(_) => break,
             }
         }
     }
 
-    fn offer_live(&mut self, push: Arc<Push>) {
-        let now = Instant::now();
+    fn offer_live(&mut self, push: Arc<Push>, now: Instant) {
         if !self.unconfirmed.is_empty() {
             self.confirm(&push.group);
         }

@@ -68,7 +68,9 @@ pub struct Delivery {
     timeouts: [Duration; 2],
     /// Most pushes in flight before live delivery pauses and the log takes over.
     window: usize,
-    groups: HashMap<String, GroupState>,
+    /// Looked up on every push and ACK: foldhash, not SipHash (the keys are this user's
+    /// own groups, so there is no one to flood it).
+    groups: HashMap<String, GroupState, foldhash::fast::RandomState>,
     /// Pushes in flight of each kind in the order they were written (one timeout per kind,
     /// so the front is always due first). An entry whose push was acknowledged (or written
     /// again) is stale and dropped when it reaches the front.
@@ -97,7 +99,7 @@ impl Delivery {
         Self {
             timeouts: [live, catch_up].map(|p| Duration::from_millis(p.retransmit_ms.into())),
             window: window.max(1),
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             written: Default::default(),
             progress_at: None,
             ack_time: None,
@@ -257,7 +259,7 @@ impl Delivery {
 
     /// Applies ACK ranges received at `now`; returns the groups whose acknowledged prefix
     /// advanced, with the new cursor, for the store.
-    pub fn ack(&mut self, ranges: &[AckRange], now: Instant) -> Vec<(String, u64)> {
+    pub fn ack(&mut self, ranges: &[AckRange], now: Instant) -> Vec<(Arc<str>, u64)> {
         let mut advanced = Vec::new();
         let in_flight = self.in_flight;
         for range in ranges {
@@ -288,10 +290,10 @@ impl Delivery {
                 state.acked = prefix;
                 match advanced
                     .iter_mut()
-                    .find(|(g, _): &&mut (String, u64)| *g == range.group)
+                    .find(|(g, _): &&mut (Arc<str>, u64)| **g == *range.group)
                 {
                     Some(entry) => entry.1 = prefix,
-                    None => advanced.push((range.group.clone(), prefix)),
+                    None => advanced.push((state.name.clone(), prefix)),
                 }
             }
         }
@@ -447,7 +449,7 @@ mod tests {
             d.due_retransmits(now + Duration::from_secs(2)),
             vec![push(1)]
         );
-        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".to_string(), 1)]);
+        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".into(), 1)]);
         // Foreground: the log catches up after the last push sent.
         d.set_background("g", false);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
@@ -493,10 +495,10 @@ mod tests {
             d.offer("g", seq, &push(seq), false, now);
         }
         assert_eq!(d.ack(&[ack("g", 3, 4)], now), vec![]);
-        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".to_string(), 1)]);
+        assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".into(), 1)]);
         assert_eq!(
             d.ack(&[ack("g", 2, 2), ack("g", 5, 5)], now),
-            vec![("g".to_string(), 5)]
+            vec![("g".into(), 5)]
         );
         assert_eq!(d.in_flight(), 0);
         assert_eq!(

@@ -1,8 +1,6 @@
 //! One client connection: handshake (Hello → Welcome), then the control loop answering
 //! requests, alongside the pusher writing the push stream.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +8,7 @@ use chat_protocol::{
     AckPolicy, DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION,
     valid_id,
 };
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{Shared, pusher};
@@ -241,7 +238,11 @@ async fn resume(
 }
 
 /// Registers the connection, welcomes it and runs it until it ends.
-async fn run(connection: &Connection, shared: &Shared, session: Session) -> Result<(), Refusal> {
+async fn run(
+    connection: &Connection,
+    shared: &Arc<Shared>,
+    session: Session,
+) -> Result<(), Refusal> {
     let Session {
         user,
         device,
@@ -263,26 +264,29 @@ async fn run(connection: &Connection, shared: &Shared, session: Session) -> Resu
             push_stream,
         } = Box::pin(start).await?;
         let control_tx = attached.control_tx.clone();
-        let pusher = pusher::Pusher::new(shared, &user, &device, &resume, policies, attached)
-            .run(push_stream)
-            .map(Half::Pusher);
-        drop(resume);
-        let control = control_loop(shared, &user, id, send, recv, decoder, control_tx.clone())
-            .map(Half::Control);
-        // Each half is polled only when its own waker fires: a push does not poll the
-        // control stream, nor an ACK the pusher (`select!` polls both on every wake).
-        let mut halves: FuturesUnordered<Pin<Box<dyn Future<Output = Half> + Send + '_>>> =
-            FuturesUnordered::new();
-        halves.push(Box::pin(pusher));
-        halves.push(Box::pin(control));
-        match halves.next().await.expect("two halves") {
-            Half::Control(result) => {
+        // The pusher is a task of its own: a push wakes only it, an ACK only the control
+        // loop, with no second layer of wakers in between.
+        let mut pusher = AbortOnDrop(tokio::spawn({
+            let (shared, user, device) = (shared.clone(), user.clone(), device.clone());
+            async move {
+                let pusher =
+                    pusher::Pusher::new(&shared, &user, &device, &resume, policies, attached);
+                drop(resume);
+                pusher.run(push_stream).await
+            }
+        }));
+        let control = control_loop(shared, &user, id, send, recv, decoder, control_tx.clone());
+        tokio::select! {
+            result = control => {
                 // The client is leaving: let the pusher apply the ACKs that came before.
                 let _ = control_tx.send(Control::Finish);
-                let _ = tokio::time::timeout(FINISH_GRACE, halves.next()).await;
+                // (Past the grace, dropping the handle aborts it.)
+                let _ = tokio::time::timeout(FINISH_GRACE, &mut pusher.0).await;
                 result
             }
-            Half::Pusher(result) => result,
+            ended = &mut pusher.0 => ended.unwrap_or_else(|error| {
+                Err(Refusal::new(ErrorCode::INTERNAL, format!("pusher failed: {error}")))
+            }),
         }
     }
     .await;
@@ -339,10 +343,13 @@ async fn welcome(
     })
 }
 
-/// What ended first, the control loop or the pusher.
-enum Half {
-    Control(Result<(), Refusal>),
-    Pusher(Result<(), Refusal>),
+/// Aborts the task when dropped: a connection's pusher never outlives its connection.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn gone() -> Refusal {

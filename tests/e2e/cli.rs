@@ -600,3 +600,47 @@ fn a_drain_on_the_admin_api_ends_the_process_with_exit_0() {
     };
     assert!(exit.success(), "{exit}");
 }
+
+#[test]
+fn chat_listen_with_focus_prints_activity_for_background_groups() {
+    let gw = Served::start();
+    gw.ok("alice", &["group", "create", "team", "--members", "bob"]);
+    gw.ok("alice", &["group", "create", "news", "--members", "bob"]);
+    let listener = gw
+        .command(
+            "bob",
+            &[
+                "--json",
+                "listen",
+                "--focus",
+                "team",
+                "--count",
+                "1",
+                "--timeout",
+                "20",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    gw.ok("alice", &["send", "news", "one"]);
+    gw.ok("alice", &["send", "news", "two"]);
+    // Reported at once, then at most once a second (`delivery.activity_ms`).
+    std::thread::sleep(Duration::from_millis(2500));
+    gw.ok("alice", &["send", "team", "for bob"]);
+    let out = listener.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let pushes = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(pushes.len(), 1, "only the focused group is pushed");
+    assert_eq!(
+        (pushes[0]["group"].as_str(), pushes[0]["text"].as_str()),
+        (Some("team"), Some("for bob"))
+    );
+    assert!(
+        stderr.contains("activity news: up to seq 2, 2 not pushed"),
+        "{stderr}"
+    );
+}

@@ -465,9 +465,11 @@ impl<'a> Pusher<'a> {
             };
             self.out.push(frame.encode());
         }
-        self.metrics.activity.inc_by(groups.len() as u64);
         self.activity_at = None;
-        self.activity_sent_at = Some(now);
+        if !groups.is_empty() {
+            self.metrics.activity.inc_by(groups.len() as u64);
+            self.activity_sent_at = Some(now);
+        }
     }
 
     async fn flush(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {

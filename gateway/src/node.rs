@@ -85,7 +85,7 @@ pub enum Control {
         seq: u64,
     },
     /// The app moved `group` to the background or back (`Focus`). Coming back, `latest`
-    /// is the newest seq fanned out since the last `Activity` (0: none).
+    /// is the newest seq fanned out while it was in the background (0: none).
     Focus {
         group: String,
         background: bool,
@@ -101,8 +101,11 @@ pub enum Control {
 pub struct GroupFocus {
     pub group: Arc<str>,
     background: AtomicBool,
-    /// The newest seq fanned out while in the background and not taken yet (0: none).
+    /// The newest seq fanned out since the group went to the background (0: none).
     latest: AtomicU64,
+    /// Set by the fan-out when `latest` moved since the pusher last reported it; the
+    /// message that sets it wakes the pusher.
+    unreported: AtomicBool,
 }
 
 impl GroupFocus {
@@ -111,12 +114,16 @@ impl GroupFocus {
             group: group.into(),
             background: AtomicBool::new(background),
             latest: AtomicU64::new(0),
+            unreported: AtomicBool::new(false),
         })
     }
 
-    /// The newest seq fanned out since the last call, if any.
-    pub fn take_latest(&self) -> Option<u64> {
-        Some(self.latest.swap(0, Ordering::Relaxed)).filter(|&seq| seq > 0)
+    /// The newest seq fanned out, if it moved since the last call.
+    pub fn take_unreported(&self) -> Option<u64> {
+        // Acquire pairs with the fan-out's Release: the seq that set the flag is visible.
+        self.unreported
+            .swap(false, Ordering::Acquire)
+            .then(|| self.latest.load(Ordering::Relaxed))
     }
 }
 
@@ -505,7 +512,8 @@ impl Node {
         };
         for Subscriber { handle, focus } in conns.values() {
             if focus.background.load(Ordering::Relaxed) {
-                if focus.latest.fetch_max(push.seq, Ordering::Relaxed) == 0 {
+                focus.latest.fetch_max(push.seq, Ordering::Relaxed);
+                if !focus.unreported.swap(true, Ordering::Release) {
                     let _ = handle.control.send(Control::Activity(focus.clone()));
                 }
                 continue;
@@ -583,8 +591,10 @@ impl Node {
             if focus.background.load(Ordering::Relaxed) == background {
                 continue;
             }
-            // No fan-out runs under the write lock: nothing is raised in between.
+            // No fan-out runs under the write lock: nothing is raised in between. Each
+            // stay in the background starts from nothing.
             let latest = focus.latest.swap(0, Ordering::Relaxed);
+            focus.unreported.store(false, Ordering::Relaxed);
             focus.background.store(background, Ordering::Relaxed);
             let _ = conn.handle.control.send(Control::Focus {
                 group: group.clone(),

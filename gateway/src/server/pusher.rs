@@ -79,9 +79,6 @@ pub(crate) struct Pusher<'a> {
     activity_at: Option<Instant>,
     activity_sent_at: Option<Instant>,
     activity_every: Duration,
-    /// The latest seq reported in `Activity`, per background group: how far the log has
-    /// to be read when the group comes to the foreground.
-    reported: HashMap<Arc<str>, u64>,
     /// When the oldest live push waiting in `out` reached this gateway.
     oldest_live: Option<Instant>,
     /// Wakes the connection for retransmits, a catch-up retry or held `UnreadChanged`
@@ -123,7 +120,6 @@ impl<'a> Pusher<'a> {
             activity_at: None,
             activity_sent_at: None,
             activity_every: Duration::from_millis(config.delivery.activity_ms.into()),
-            reported: HashMap::new(),
             oldest_live: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
@@ -303,8 +299,7 @@ impl<'a> Pusher<'a> {
                 latest,
             } => {
                 if self.delivery.is_background(&group) {
-                    let reported = self.reported.remove(group.as_str()).unwrap_or(0);
-                    self.skip_to_newest(&group, latest.max(reported));
+                    self.skip_to_newest(&group, latest);
                     self.delivery.set_background(&group, false);
                 }
             }
@@ -316,10 +311,7 @@ impl<'a> Pusher<'a> {
                     .map_or(now, |at| at + self.activity_every);
                 self.activity_at.get_or_insert(allowed.max(now));
             }
-            Control::Left { group } => {
-                self.delivery.leave(&group);
-                self.reported.remove(group.as_str());
-            }
+            Control::Left { group } => self.delivery.leave(&group),
             Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
@@ -442,8 +434,7 @@ impl<'a> Pusher<'a> {
     fn report_activity(&mut self, now: Instant) {
         let mut groups = Vec::new();
         for focus in std::mem::take(&mut self.activity) {
-            // Taken before the check: a group back in the foreground starts from zero.
-            let Some(seq) = focus.take_latest() else {
+            let Some(seq) = focus.take_unreported() else {
                 continue;
             };
             let (true, Some(sent)) = (
@@ -457,7 +448,6 @@ impl<'a> Pusher<'a> {
                 seq,
                 pending: seq.saturating_sub(sent),
             });
-            self.reported.insert(focus.group.clone(), seq);
         }
         for chunk in groups.chunks(ACTIVITY_FRAME_GROUPS) {
             let frame = Frame::Activity {

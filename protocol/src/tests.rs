@@ -24,7 +24,7 @@ fn every_frame() -> Vec<Frame> {
             version: 1,
             user: "alice".into(),
             ack: AckPolicy {
-                max_delay_ms: 50,
+                max_delay_ms: 1000,
                 max_batch: 32,
                 retransmit_ms: 5000,
             },
@@ -243,6 +243,27 @@ fn the_push_wire_layout_is_the_documented_one() {
         0x00, 0x00, 0x00, 0x02, b'h', b'i', // body
     ];
     assert_eq!(&push[..], expected);
+}
+
+#[test]
+fn the_welcome_wire_layout_is_the_documented_one() {
+    // docs/protocol.md, the handshake example: the default plugins' policies.
+    let welcome = every_frame().swap_remove(1);
+    assert!(matches!(welcome, Frame::Welcome { .. }));
+    let expected: &[u8] = &[
+        0x00, 0x00, 0x00, 0x22, // length 34
+        0x02, // Welcome
+        0x00, 0x01, // version
+        0x00, 0x05, b'a', b'l', b'i', b'c', b'e', // user
+        0x00, 0x00, 0x03, 0xe8, // ack.max_delay_ms 1000
+        0x00, 0x20, // ack.max_batch 32
+        0x00, 0x00, 0x13, 0x88, // ack.retransmit_ms 5000
+        0x00, 0x00, 0x00, 0xc8, // catch_up_ack.max_delay_ms 200
+        0x01, 0x00, // catch_up_ack.max_batch 256
+        0x00, 0x00, 0x27, 0x10, // catch_up_ack.retransmit_ms 10000
+        0x00, 0x04, 0x00, 0x00, // max_frame_len 262144
+    ];
+    assert_eq!(&welcome.encode()[..], expected);
 }
 
 #[test]

@@ -85,6 +85,7 @@ async fn pushes_not_acknowledged_before_a_drop_come_again_on_the_next_connection
 async fn unacknowledged_pushes_are_retransmitted_and_the_client_drops_the_copies() {
     // No plugins: the [delivery] settings are the ACK policy (ack-batching would set its own).
     let gw = TestGateway::start_with(|c| {
+        c.delivery.ack_delay_ms = 50;
         c.delivery.retransmit_ms = 200;
         c.plugins = Some(vec![]);
     })

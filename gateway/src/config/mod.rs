@@ -78,7 +78,9 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Receivers may hold an ACK back this long to batch it.
+    /// Receivers may hold an ACK back this long to batch it. A second by default: cursors
+    /// are written about once a second anyway, and a shorter delay costs an ACK packet
+    /// per push in groups with less than a message per delay.
     pub ack_delay_ms: u32,
     /// Receivers ACK at once when this many pushes are waiting.
     pub ack_batch: u16,
@@ -292,7 +294,7 @@ impl Config {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            ack_delay_ms: 50,
+            ack_delay_ms: 1_000,
             ack_batch: 32,
             retransmit_ms: 5_000,
             window: 1024,
@@ -344,11 +346,16 @@ impl Config {
     }
 }
 
+/// Longest a catch-up ACK is held back when no plugin sets the policy.
+const CATCH_UP_ACK_DELAY_MS: u32 = 200;
+
 impl DeliveryConfig {
-    /// The catch-up ACK policy when no plugin sets one: the live one, batching more.
+    /// The catch-up ACK policy when no plugin sets one: the live one, batching more and
+    /// held at most `CATCH_UP_ACK_DELAY_MS` (catch-up ACKs make room in the window).
     pub fn catch_up_ack_policy(&self) -> AckPolicy {
         let live = self.ack_policy();
         AckPolicy {
+            max_delay_ms: live.max_delay_ms.min(CATCH_UP_ACK_DELAY_MS),
             max_batch: live.max_batch.saturating_mul(4),
             ..live
         }

@@ -1,61 +1,81 @@
 //! Delivery cursors of every connection, merged and written together: one store call per
 //! interval for the whole gateway, not one per connection (10,000 connections acknowledging
 //! made 10,000 small write transactions a second).
+//!
+//! Each connection records into its own [`DeviceCursors`] (an uncontended lock, no
+//! allocation once its groups are known); the first record since a flush puts the device
+//! on the list the next flush drains, so a flush visits only devices that acknowledged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::store::{CursorAdvance, Store};
 
-/// device → group → highest acknowledged seq.
-type Devices = HashMap<String, HashMap<String, u64>>;
-
 pub(crate) struct Cursors {
     store: Arc<dyn Store>,
-    /// user → device → group → highest acknowledged seq, not written yet. Nested so that
-    /// recording (once per `Ack` frame) looks keys up by `&str` and allocates only for a
-    /// device or group new since the last flush.
-    pending: Mutex<HashMap<String, Devices>>,
+    /// Devices with cursors recorded since the last flush.
+    dirty: Mutex<Vec<Arc<Device>>>,
     /// Held while writing, so a flush returns only once what was recorded before it is written.
     writing: tokio::sync::Mutex<()>,
+}
+
+/// One connection's cursors not written yet.
+struct Device {
+    user: String,
+    device: String,
+    /// group → highest acknowledged seq. Drained by a flush, keeping its capacity.
+    pending: Mutex<HashMap<Arc<str>, u64, foldhash::fast::RandomState>>,
+    /// On the `dirty` list (cleared before a flush drains `pending`, so nothing recorded
+    /// meanwhile is missed: at worst the next flush finds the map empty).
+    listed: AtomicBool,
+}
+
+/// Where one connection records how far its device acknowledged.
+pub(crate) struct DeviceCursors {
+    cursors: Arc<Cursors>,
+    device: Arc<Device>,
 }
 
 impl Cursors {
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             store,
-            pending: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(Vec::new()),
             writing: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Notes how far a device acknowledged; written by the next flush.
-    pub fn record<G: AsRef<str>>(
-        &self,
-        user: &str,
-        device: &str,
-        cursors: impl IntoIterator<Item = (G, u64)>,
-    ) {
-        let mut pending = self.pending.lock().expect("cursors lock");
-        let devices = entry(&mut pending, user);
-        let groups = entry(devices, device);
-        for (group, seq) in cursors {
-            let saved = entry(groups, group.as_ref());
-            *saved = (*saved).max(seq);
+    /// The recorder of one connection of `user`'s `device`.
+    pub fn device(self: &Arc<Self>, user: &str, device: &str) -> DeviceCursors {
+        DeviceCursors {
+            cursors: self.clone(),
+            device: Arc::new(Device {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                pending: Mutex::default(),
+                listed: AtomicBool::new(false),
+            }),
         }
     }
 
     /// Writes everything recorded so far, in one store call.
     pub async fn flush(&self) {
         let _writing = self.writing.lock().await;
-        let pending = std::mem::take(&mut *self.pending.lock().expect("cursors lock"));
-        let batch: Vec<CursorAdvance> = pending
-            .into_iter()
-            .flat_map(|(user, devices)| {
-                devices.into_iter().map(move |(device, groups)| {
-                    (user.clone(), device, groups.into_iter().collect())
-                })
+        let dirty = std::mem::take(&mut *self.dirty.lock().expect("cursors lock"));
+        let batch: Vec<CursorAdvance> = dirty
+            .iter()
+            .filter_map(|d| {
+                d.listed.store(false, Ordering::Release);
+                let groups: Vec<(String, u64)> = d
+                    .pending
+                    .lock()
+                    .expect("device cursors lock")
+                    .drain()
+                    .map(|(group, seq)| (group.to_string(), seq))
+                    .collect();
+                (!groups.is_empty()).then(|| (d.user.clone(), d.device.clone(), groups))
             })
             .collect();
         if batch.is_empty() {
@@ -82,10 +102,32 @@ impl Cursors {
     }
 }
 
-/// `map[key]`, inserted empty if missing; the key is copied only then.
-fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_owned(), V::default());
+impl DeviceCursors {
+    /// Notes how far the device acknowledged; written by the next flush.
+    pub fn record(&self, cursors: impl IntoIterator<Item = (Arc<str>, u64)>) {
+        {
+            let mut pending = self.device.pending.lock().expect("device cursors lock");
+            for (group, seq) in cursors {
+                match pending.get_mut(&*group) {
+                    Some(saved) => *saved = (*saved).max(seq),
+                    None => {
+                        pending.insert(group, seq);
+                    }
+                }
+            }
+        }
+        if !self.device.listed.swap(true, Ordering::AcqRel) {
+            let device = self.device.clone();
+            self.cursors
+                .dirty
+                .lock()
+                .expect("cursors lock")
+                .push(device);
+        }
     }
-    map.get_mut(key).expect("just inserted")
+
+    /// Writes everything recorded so far, this device's and every other's.
+    pub async fn flush(&self) {
+        self.cursors.flush().await;
+    }
 }

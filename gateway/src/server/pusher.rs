@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use super::connection::Refusal;
-use super::cursors::Cursors;
+use super::cursors::DeviceCursors;
 use super::stats::ServerMetrics;
 use crate::node::{Attached, ConnFlags, Control, GroupFocus, Push};
 use crate::plugins::Plugins;
@@ -52,7 +52,7 @@ pub(crate) struct Pusher<'a> {
     store: &'a dyn Store,
     plugins: &'a Plugins,
     metrics: &'a ServerMetrics,
-    cursors: &'a Cursors,
+    cursors: DeviceCursors,
     user: &'a str,
     device: &'a str,
     max_catch_up: u64,
@@ -101,7 +101,7 @@ impl<'a> Pusher<'a> {
             store: shared.node.store.as_ref(),
             plugins: &shared.node.plugins,
             metrics: &shared.metrics,
-            cursors: &shared.cursors,
+            cursors: shared.cursors.device(user, device),
             user,
             device,
             max_catch_up: config.offline.max_catch_up,
@@ -176,8 +176,7 @@ impl<'a> Pusher<'a> {
         );
         self.metrics.skipped.inc_by(start - sent);
         if let Some(cursor) = self.delivery.skip_to(group, start) {
-            self.cursors
-                .record(self.user, self.device, [(group, cursor)]);
+            self.cursors.record([(Arc::from(group), cursor)]);
         }
     }
 
@@ -334,7 +333,7 @@ impl<'a> Pusher<'a> {
                     .inc_by((in_flight - self.delivery.in_flight()) as u64);
                 if !advanced.is_empty() {
                     // Merged with every other connection's and written once per interval.
-                    self.cursors.record(self.user, self.device, advanced);
+                    self.cursors.record(advanced);
                 }
                 if !self.unsynced.is_empty() {
                     let delivery = &self.delivery;

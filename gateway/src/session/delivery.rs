@@ -6,7 +6,7 @@
 //! the live stream, a full window, a dropped event) it says so, and the task catches that
 //! group up from the log.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ struct GroupState {
     /// Highest seq such that it and everything before it is acknowledged.
     acked: u64,
     /// Written but not acknowledged, by seq.
-    pending: BTreeMap<u64, Pending>,
+    pending: Unacked,
     /// The app does not show it (`Focus`): no pushes, live or caught up.
     background: bool,
 }
@@ -50,6 +50,81 @@ struct Pending {
     sent_at: Instant,
     /// Written more than once: its ACK says nothing about how long ACKs take.
     resent: bool,
+}
+
+/// The written but unacknowledged pushes of one group, in seq order: written ones are
+/// appended, acknowledged ones cleared in place and dropped once at the front. Pushes are
+/// written in seq order, so this is a queue, not a tree: no allocation per push once it
+/// has grown to the group's usual flight, and an ACK is a binary search and a walk.
+#[derive(Debug, Default)]
+struct Unacked {
+    /// (seq, the push unless acknowledged); the front one is never acknowledged.
+    entries: VecDeque<(u64, Option<Pending>)>,
+    /// Entries not acknowledged.
+    len: usize,
+}
+
+/// Capacity an emptied `Unacked` keeps (more is given back, e.g. after a burst).
+const UNACKED_KEPT: usize = 256;
+
+impl Unacked {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Oldest unacknowledged seq.
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(seq, _)| *seq)
+    }
+
+    /// Adds `seq`, above every seq already in.
+    fn push(&mut self, seq: u64, pending: Pending) {
+        debug_assert!(self.entries.back().is_none_or(|(last, _)| *last < seq));
+        self.entries.push_back((seq, Some(pending)));
+        self.len += 1;
+    }
+
+    fn position(&self, seq: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|(s, _)| *s < seq);
+        (self.entries.get(i)?.0 == seq).then_some(i)
+    }
+
+    fn get(&self, seq: u64) -> Option<&Pending> {
+        self.entries[self.position(seq)?].1.as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {
+        let i = self.position(seq)?;
+        self.entries[i].1.as_mut()
+    }
+
+    /// Removes the pushes `first..=last`, handing each to `acked`; returns how many.
+    fn ack(&mut self, first: u64, last: u64, mut acked: impl FnMut(Pending)) -> usize {
+        let start = self.entries.partition_point(|(s, _)| *s < first);
+        let mut removed = 0;
+        for (_, slot) in self
+            .entries
+            .range_mut(start..)
+            .take_while(|(s, _)| *s <= last)
+        {
+            if let Some(pending) = slot.take() {
+                acked(pending);
+                removed += 1;
+            }
+        }
+        self.len -= removed;
+        while matches!(self.entries.front(), Some((_, None))) {
+            self.entries.pop_front();
+        }
+        if self.entries.is_empty() && self.entries.capacity() > UNACKED_KEPT {
+            self.entries.shrink_to(UNACKED_KEPT);
+        }
+        removed
+    }
 }
 
 /// A push in flight: (last written at, seq, group).
@@ -118,7 +193,7 @@ impl Delivery {
                 name: group.into(),
                 sent: after,
                 acked: after,
-                pending: BTreeMap::new(),
+                pending: Unacked::default(),
                 background: false,
             });
         self.mark_behind(group);
@@ -237,7 +312,7 @@ impl Delivery {
             sent_at: now,
             resent: false,
         };
-        state.pending.insert(seq, pending);
+        state.pending.push(seq, pending);
         self.in_flight += 1;
         self.written[kind].push_back((now, seq, state.name.clone()));
         Offer::Send
@@ -269,23 +344,13 @@ impl Delivery {
             let Some(state) = self.groups.get_mut(&range.group) else {
                 continue;
             };
-            let acked: Vec<u64> = state
-                .pending
-                .range(range.first..=range.last)
-                .map(|(s, _)| *s)
-                .collect();
-            for seq in &acked {
-                let pending = state.pending.remove(seq).expect("in range");
+            let ack_time = &mut self.ack_time;
+            self.in_flight -= state.pending.ack(range.first, range.last, |pending| {
                 if !pending.resent {
-                    self.ack_time = Some(smooth(self.ack_time, now - pending.sent_at));
+                    *ack_time = Some(smooth(*ack_time, now - pending.sent_at));
                 }
-            }
-            self.in_flight -= acked.len();
-            let prefix = state
-                .pending
-                .keys()
-                .next()
-                .map_or(state.sent, |first| first - 1);
+            });
+            let prefix = state.pending.first().map_or(state.sent, |first| first - 1);
             if prefix > state.acked {
                 state.acked = prefix;
                 match advanced
@@ -313,7 +378,7 @@ impl Delivery {
             let pending = self
                 .groups
                 .get_mut(&*group)
-                .and_then(|g| g.pending.get_mut(&seq))
+                .and_then(|g| g.pending.get_mut(seq))
                 .expect("soonest skips stale entries");
             (pending.sent_at, pending.resent) = (now, true);
             due.push(pending.bytes.clone());
@@ -362,7 +427,7 @@ impl Delivery {
                 let live = self
                     .groups
                     .get(&**group)
-                    .and_then(|g| g.pending.get(seq))
+                    .and_then(|g| g.pending.get(*seq))
                     .is_some_and(|p| p.sent_at == *sent_at);
                 if live {
                     break;
@@ -506,6 +571,26 @@ mod tests {
             vec![],
             "bad ranges are ignored"
         );
+    }
+
+    #[test]
+    fn acks_over_a_skipped_range_and_repeated_acks_count_each_push_once() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join("g", 0);
+        for seq in 1..=3 {
+            d.offer("g", seq, &push(seq), false, now);
+        }
+        assert_eq!(d.skip_to("g", 10), None, "pushes 1..=3 are still in flight");
+        for seq in 11..=12 {
+            assert_eq!(d.offer("g", seq, &push(seq), false, now), Offer::Send);
+        }
+        assert_eq!(d.ack(&[ack("g", 2, 11)], now), vec![]);
+        assert_eq!(d.in_flight(), 2);
+        assert_eq!(d.ack(&[ack("g", 1, 12)], now), vec![("g".into(), 12)]);
+        assert_eq!(d.ack(&[ack("g", 1, 12)], now), vec![]);
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.due_retransmits(now + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

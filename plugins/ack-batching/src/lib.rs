@@ -3,8 +3,8 @@
 //!
 //! ```json
 //! {
-//!   "live":     {"max_delay_ms": 50,  "max_batch": 32,  "retransmit_ms": 5000},
-//!   "catch_up": {"max_delay_ms": 200, "max_batch": 256, "retransmit_ms": 10000}
+//!   "live":     {"max_delay_ms": 1000, "max_batch": 32,  "retransmit_ms": 5000},
+//!   "catch_up": {"max_delay_ms": 200,  "max_batch": 256, "retransmit_ms": 10000}
 //! }
 //! ```
 //!
@@ -54,7 +54,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    const LIVE: Self = Self::new(50, 32, 5_000);
+    const LIVE: Self = Self::new(1_000, 32, 5_000);
     const CATCH_UP: Self = Self::new(200, 256, 10_000);
 
     const fn new(max_delay_ms: u32, max_batch: u16, retransmit_ms: u32) -> Self {
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn defaults_per_delivery_kind() {
         let host = TestHost::new();
-        assert_eq!(policy(&host, Delivery::Live), ack(50, 32, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 32, 5_000));
         assert_eq!(policy(&host, Delivery::CatchUp), ack(200, 256, 10_000));
         assert!(host.logs().is_empty());
     }
@@ -166,7 +166,7 @@ mod tests {
         let host = TestHost::new().with_config(
             r#"{"live": {"max_batch": 8}, "catch_up": {"max_delay_ms": 1000, "retransmit_ms": 30000}}"#,
         );
-        assert_eq!(policy(&host, Delivery::Live), ack(50, 8, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 8, 5_000));
         assert_eq!(policy(&host, Delivery::CatchUp), ack(1_000, 256, 30_000));
     }
 
@@ -193,7 +193,7 @@ mod tests {
                 .1
                 .contains("catch_up: max_batch must be at least 1")
         );
-        assert_eq!(policy(&host, Delivery::Live), ack(50, 32, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 32, 5_000));
     }
 
     #[test]

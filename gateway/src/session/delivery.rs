@@ -88,8 +88,24 @@ impl Unacked {
         self.len += 1;
     }
 
+    /// Where `seq` is, or would be. Seqs are contiguous unless a skip left a gap, so the
+    /// offset from the front is nearly always right; a search when it is not.
+    fn index(&self, seq: u64) -> usize {
+        let Some(&(front, _)) = self.entries.front() else {
+            return 0;
+        };
+        if seq <= front {
+            return 0;
+        }
+        let guess = (seq - front) as usize;
+        match self.entries.get(guess) {
+            Some((at, _)) if *at == seq => guess,
+            _ => self.entries.partition_point(|(s, _)| *s < seq),
+        }
+    }
+
     fn position(&self, seq: u64) -> Option<usize> {
-        let i = self.entries.partition_point(|(s, _)| *s < seq);
+        let i = self.index(seq);
         (self.entries.get(i)?.0 == seq).then_some(i)
     }
 
@@ -104,7 +120,7 @@ impl Unacked {
 
     /// Removes the pushes `first..=last`, handing each to `acked`; returns how many.
     fn ack(&mut self, first: u64, last: u64, mut acked: impl FnMut(Pending)) -> usize {
-        let start = self.entries.partition_point(|(s, _)| *s < first);
+        let start = self.index(first);
         let mut removed = 0;
         for (_, slot) in self
             .entries
@@ -337,6 +353,7 @@ impl Delivery {
     pub fn ack(&mut self, ranges: &[AckRange], now: Instant) -> Vec<(Arc<str>, u64)> {
         let mut advanced = Vec::new();
         let in_flight = self.in_flight;
+        let mut oldest_sent: Option<Instant> = None;
         for range in ranges {
             if range.first > range.last {
                 continue;
@@ -344,10 +361,10 @@ impl Delivery {
             let Some(state) = self.groups.get_mut(&range.group) else {
                 continue;
             };
-            let ack_time = &mut self.ack_time;
             self.in_flight -= state.pending.ack(range.first, range.last, |pending| {
                 if !pending.resent {
-                    *ack_time = Some(smooth(*ack_time, now - pending.sent_at));
+                    oldest_sent =
+                        Some(oldest_sent.map_or(pending.sent_at, |o| o.min(pending.sent_at)));
                 }
             });
             let prefix = state.pending.first().map_or(state.sent, |first| first - 1);
@@ -361,6 +378,11 @@ impl Delivery {
                     None => advanced.push((state.name.clone(), prefix)),
                 }
             }
+        }
+        // One sample per ACK frame, as TCP takes one per ACK: how long its oldest push
+        // waited, which is what the retransmit timeout must cover.
+        if let Some(sent_at) = oldest_sent {
+            self.ack_time = Some(smooth(self.ack_time, now - sent_at));
         }
         if self.in_flight < in_flight {
             self.progress_at = Some(now);

@@ -368,9 +368,71 @@ async fn offline_buffers(store: &dyn Store) {
     assert_eq!(store.offline("oscar", "phone").await.unwrap().synced, 0);
 }
 
+/// A batch of appends: each as `append` would, in order within each group — a repeated
+/// (group, sender, msg_id) answered with its first result, a missing group refused without
+/// stopping the rest.
+async fn batched_appends(store: &dyn Store) {
+    store
+        .create_group("b1", "alice", &names(&["bob"]), 0)
+        .await
+        .unwrap();
+    store
+        .create_group("b2", "alice", &names(&["bob", "carol"]), 0)
+        .await
+        .unwrap();
+    let mut private = message("b2", "alice", "p", "for bob");
+    private.visible_to = Some(names(&["bob"]));
+    let batch = vec![
+        message("b1", "alice", "x", "one"),
+        message("b2", "alice", "yy", "two"),
+        message("nope", "alice", "z", "lost"),
+        message("b1", "alice", "x", "one again"),
+        private,
+        message("b1", "bob", "x", "bob's x"),
+    ];
+    let results = store.append_batch(batch).await.unwrap();
+    let outcomes: Vec<Result<(u64, u64, bool), String>> = results
+        .into_iter()
+        .map(|r| {
+            r.map(|a| (a.seq, a.ts_ms, a.duplicate))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok((1, 1_001, false)),
+            Ok((1, 1_002, false)),
+            Err("no group nope".to_string()),
+            Ok((1, 1_001, true)),
+            Ok((2, 1_001, false)),
+            Ok((2, 1_001, false)),
+        ]
+    );
+    let bodies = |page: Vec<chat_gateway::store::StoredMessage>| -> Vec<(u64, String)> {
+        page.into_iter()
+            .map(|m| (m.seq, String::from_utf8_lossy(&m.body).into_owned()))
+            .collect()
+    };
+    let b1 = store
+        .messages("b1", ALL, PageFrom::Oldest, 10)
+        .await
+        .unwrap();
+    assert_eq!(bodies(b1), [(1, "one".into()), (2, "bob's x".into())]);
+    let b2 = store
+        .messages("b2", ALL, PageFrom::Oldest, 10)
+        .await
+        .unwrap();
+    assert_eq!(b2[1].visible_to.as_deref(), Some(&names(&["bob"])[..]));
+    assert_eq!(bodies(b2), [(1, "two".into()), (2, "for bob".into())]);
+    assert_eq!(store.group("b1").await.unwrap().unwrap().head_seq, 2);
+    assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
+}
+
 async fn suite(store: Arc<dyn Store>) {
     groups_and_members(store.as_ref()).await;
     the_log(store.as_ref()).await;
+    batched_appends(store.as_ref()).await;
     private_messages_and_cursors(store.as_ref()).await;
     unread_counting(store.as_ref()).await;
     offline_buffers(store.as_ref()).await;

@@ -29,7 +29,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::{AsyncCommands, Cmd, FromRedisValue, Script};
 
 use crate::redis_target::{RedisConnection, RedisTarget};
@@ -173,28 +173,39 @@ return removed
     )
 });
 
-/// Sequence assignment, log append and idempotency record in one step.
-/// KEYS: meta, log, ids, private. ARGV: sender\0msg_id, ts, entry, recipients ('' = all),
-/// then the private-index key of each recipient (same slot: they carry the group's tag).
-/// Returns {seq, ts, duplicate} or -1 if no group.
+/// Sequence assignment, log append and idempotency record of a run of one group's
+/// messages, in order, in one step. KEYS: meta, log, ids, private. ARGV, per message:
+/// sender\0msg_id, ts, entry, recipients ('' = all), k, then the private-index keys of its
+/// k recipients (same slot: they carry the group's tag). Returns per message
+/// {seq, ts, duplicate}, or -1 if no group.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local seen = redis.call('HGET', KEYS[3], ARGV[1])
-if seen then
-  local sep = string.find(seen, ':')
-  return {tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1)), 1}
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local id, ts, to, k = ARGV[i], ARGV[i + 1], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local seen = redis.call('HGET', KEYS[3], id)
+  if seen then
+    local sep = string.find(seen, ':')
+    out[#out + 1] = {tonumber(string.sub(seen, 1, sep - 1)), tonumber(string.sub(seen, sep + 1)), 1}
+  elseif not exists then
+    out[#out + 1] = -1
+  else
+    local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
+    redis.call('HSET', KEYS[1], 'last_ts', ts)
+    redis.call('HSET', KEYS[2], seq, ARGV[i + 2])
+    redis.call('HSET', KEYS[3], id, seq .. ':' .. ts)
+    if to ~= '' then
+      redis.call('HSET', KEYS[4], seq, to)
+      for j = i + 5, i + 4 + k do redis.call('SADD', ARGV[j], seq) end
+    end
+    out[#out + 1] = {seq, tonumber(ts), 0}
+  end
+  i = i + 5 + k
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local seq = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('HSET', KEYS[1], 'last_ts', ARGV[2])
-redis.call('HSET', KEYS[2], seq, ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[1], seq .. ':' .. ARGV[2])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[4], seq, ARGV[4])
-  for i = 5, #ARGV do redis.call('SADD', ARGV[i], seq) end
-end
-return {seq, tonumber(ARGV[2]), 0}
+return out
 "#,
     )
 });
@@ -316,6 +327,47 @@ impl RedisStore {
 
     fn con(&self) -> RedisConnection {
         self.redis.clone()
+    }
+
+    /// Appends a run of `group`'s messages in order, in one script.
+    async fn append_run(
+        &self,
+        group: &str,
+        run: &[NewMessage],
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut script = APPEND.prepare_invoke();
+        script
+            .key(group_key(group, "meta"))
+            .key(group_key(group, "log"))
+            .key(group_key(group, "ids"))
+            .key(group_key(group, "private"));
+        for m in run {
+            let recipients = m.visible_to.as_deref().unwrap_or_default();
+            script
+                .arg(format!("{}\0{}", m.sender, m.msg_id))
+                .arg(m.ts_ms)
+                .arg(encode_entry(&m.sender, m.ts_ms, &m.body))
+                .arg(recipients.join(","))
+                .arg(recipients.len());
+            for user in recipients {
+                script.arg(group_key(group, &format!("pidx:{user}")));
+            }
+        }
+        let replies: Vec<redis::Value> = script.invoke_async(&mut self.con()).await?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                redis::Value::Int(-1) => Ok(Err(StoreError::NoSuchGroup(group.to_owned()))),
+                other => {
+                    let (seq, ts_ms, duplicate): (u64, u64, u8) = redis::from_redis_value(other)?;
+                    Ok(Ok(Appended {
+                        seq,
+                        ts_ms,
+                        duplicate: duplicate == 1,
+                    }))
+                }
+            })
+            .collect()
     }
 
     /// Runs commands on different slots (one per user or per group) concurrently: a
@@ -517,36 +569,55 @@ impl Store for RedisStore {
     }
 
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        let mut con = self.con();
-        let mut script = APPEND.prepare_invoke();
-        script
-            .key(group_key(&m.group, "meta"))
-            .key(group_key(&m.group, "log"))
-            .key(group_key(&m.group, "ids"))
-            .key(group_key(&m.group, "private"));
-        script
-            .arg(format!("{}\0{}", m.sender, m.msg_id))
-            .arg(m.ts_ms)
-            .arg(encode_entry(&m.sender, m.ts_ms, &m.body))
-            .arg(
-                m.visible_to
-                    .as_ref()
-                    .map(|to| to.join(","))
-                    .unwrap_or_default(),
-            );
-        for user in m.visible_to.iter().flatten() {
-            script.arg(group_key(&m.group, &format!("pidx:{user}")));
+        let group = m.group.clone();
+        let mut results = self.append_run(&group, &[m]).await?;
+        results.pop().expect("one result per message")
+    }
+
+    /// One script per group, the groups concurrently (each is its own slot): a run of
+    /// pipelined sends to one group costs one round trip, not one per message.
+    async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut runs: Vec<(String, Vec<usize>, Vec<NewMessage>)> = Vec::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            match runs.iter_mut().find(|(group, ..)| *group == m.group) {
+                Some((_, indexes, run)) => {
+                    indexes.push(i);
+                    run.push(m);
+                }
+                None => runs.push((m.group.clone(), vec![i], vec![m])),
+            }
         }
-        let reply: redis::Value = script.invoke_async(&mut con).await?;
-        let (seq, ts_ms, duplicate): (u64, u64, u8) = match reply {
-            redis::Value::Int(-1) => return Err(StoreError::NoSuchGroup(m.group)),
-            other => redis::from_redis_value(other)?,
-        };
-        Ok(Appended {
-            seq,
-            ts_ms,
-            duplicate: duplicate == 1,
-        })
+        let total = runs.iter().map(|(_, indexes, _)| indexes.len()).sum();
+        let done = join_all(
+            runs.iter()
+                .map(|(group, _, run)| self.append_run(group, run)),
+        )
+        .await;
+        let mut results: Vec<Option<Result<Appended, StoreError>>> =
+            std::iter::repeat_with(|| None).take(total).collect();
+        for ((_, indexes, _), outcome) in runs.into_iter().zip(done) {
+            match outcome {
+                Ok(appended) => {
+                    for (i, result) in indexes.into_iter().zip(appended) {
+                        results[i] = Some(result);
+                    }
+                }
+                // Not known whether the run was stored: each send is answered with the
+                // error, and a retry with the same msg_id is idempotent.
+                Err(error) => {
+                    for i in indexes {
+                        results[i] = Some(Err(StoreError::Unavailable(error.to_string())));
+                    }
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("a result for every message"))
+            .collect())
     }
 
     async fn messages(

@@ -180,6 +180,10 @@ pub struct Delivery {
     /// copies, not one per timeout.
     backoff: u32,
     in_flight: usize,
+    /// The next deadline as last computed, until something may have made it sooner (a
+    /// first push in an empty queue, an ACK changing the timeout, a retransmit round):
+    /// the pusher asks after every write, and most writes change nothing.
+    deadline: Option<Option<Instant>>,
     /// Foreground groups to catch up from the log (a background group never is).
     behind: BTreeSet<String>,
 }
@@ -196,6 +200,7 @@ impl Delivery {
             ack_time: None,
             backoff: 0,
             in_flight: 0,
+            deadline: None,
             behind: BTreeSet::new(),
         }
     }
@@ -330,6 +335,9 @@ impl Delivery {
         };
         state.pending.push(seq, pending);
         self.in_flight += 1;
+        if self.written[kind].is_empty() {
+            self.deadline = None;
+        }
         self.written[kind].push_back((now, seq, state.name.clone()));
         Offer::Send
     }
@@ -387,6 +395,7 @@ impl Delivery {
         if self.in_flight < in_flight {
             self.progress_at = Some(now);
             self.backoff = 0;
+            self.deadline = None;
         }
         advanced
     }
@@ -409,16 +418,22 @@ impl Delivery {
         if !due.is_empty() {
             self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
         }
+        self.deadline = None;
         due
     }
 
     /// When to call [`Self::due_retransmits`] next. It may be early: acknowledged pushes
     /// leave the queues only there, so that an ACK costs no queue work.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        (0..self.written.len())
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if let Some(deadline) = self.deadline {
+            return deadline;
+        }
+        let deadline = (0..self.written.len())
             .filter(|&kind| !self.written[kind].is_empty())
             .map(|kind| self.due_at(kind))
-            .min()
+            .min();
+        self.deadline = Some(deadline);
+        deadline
     }
 
     /// When the front of a (non-empty) queue is due: a timeout after it was written and
@@ -613,6 +628,33 @@ mod tests {
         assert_eq!(d.ack(&[ack("g", 1, 12)], now), vec![]);
         assert_eq!(d.in_flight(), 0);
         assert!(d.due_retransmits(now + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn a_first_live_push_moves_the_deadline_before_a_later_catch_up_one() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut d = Delivery::new(POLICY, CATCH_UP, 100);
+        d.join("g", 0);
+        d.join("h", 0);
+        d.offer("g", 1, &push(1), true, t0);
+        assert_eq!(d.next_deadline(), Some(ms(3000)));
+        d.offer("g", 2, &push(2), true, ms(50));
+        assert_eq!(
+            d.next_deadline(),
+            Some(ms(3000)),
+            "the front is still due first"
+        );
+        d.offer("h", 1, &push(1), false, ms(100));
+        assert_eq!(
+            d.next_deadline(),
+            Some(ms(1100)),
+            "the live queue's first push"
+        );
+        d.ack(&[ack("h", 1, 1)], ms(200));
+        assert_eq!(d.due_retransmits(ms(1100)), Vec::<Bytes>::new());
+        // A timeout after the catch-up push and after the client's last progress.
+        assert_eq!(d.next_deadline(), Some(ms(3200)));
     }
 
     #[test]

@@ -55,7 +55,7 @@ struct Pending {
 /// The written but unacknowledged pushes of one group, in seq order: written ones are
 /// appended, acknowledged ones cleared in place and dropped once at the front. Pushes are
 /// written in seq order, so this is a queue, not a tree: no allocation per push once it
-/// has grown to the group's usual flight, and an ACK is a binary search and a walk.
+/// has grown to the group's usual flight, and an ACK is a lookup and a walk.
 #[derive(Debug, Default)]
 struct Unacked {
     /// (seq, the push unless acknowledged); the front one is never acknowledged.

@@ -580,43 +580,33 @@ impl Store for RedisStore {
         &self,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        let mut runs: Vec<(String, Vec<usize>, Vec<NewMessage>)> = Vec::new();
-        for (i, m) in messages.into_iter().enumerate() {
-            match runs.iter_mut().find(|(group, ..)| *group == m.group) {
-                Some((_, indexes, run)) => {
-                    indexes.push(i);
-                    run.push(m);
+        let mut runs: Vec<(String, Vec<NewMessage>)> = Vec::new();
+        let mut run_of = Vec::with_capacity(messages.len());
+        for m in messages {
+            let run = match runs.iter().position(|(group, _)| *group == m.group) {
+                Some(run) => run,
+                None => {
+                    runs.push((m.group.clone(), Vec::new()));
+                    runs.len() - 1
                 }
-                None => runs.push((m.group.clone(), vec![i], vec![m])),
-            }
+            };
+            runs[run].1.push(m);
+            run_of.push(run);
         }
-        let total = runs.iter().map(|(_, indexes, _)| indexes.len()).sum();
-        let done = join_all(
-            runs.iter()
-                .map(|(group, _, run)| self.append_run(group, run)),
-        )
-        .await;
-        let mut results: Vec<Option<Result<Appended, StoreError>>> =
-            std::iter::repeat_with(|| None).take(total).collect();
-        for ((_, indexes, _), outcome) in runs.into_iter().zip(done) {
-            match outcome {
-                Ok(appended) => {
-                    for (i, result) in indexes.into_iter().zip(appended) {
-                        results[i] = Some(result);
-                    }
-                }
+        let done = join_all(runs.iter().map(|(group, run)| self.append_run(group, run))).await;
+        let mut done: Vec<Result<_, String>> = done
+            .into_iter()
+            .map(|outcome| outcome.map(Vec::into_iter).map_err(|e| e.to_string()))
+            .collect();
+        // Each run's results in order, each message taking the next of its run's.
+        Ok(run_of
+            .into_iter()
+            .map(|run| match &mut done[run] {
+                Ok(results) => results.next().expect("a result per message"),
                 // Not known whether the run was stored: each send is answered with the
                 // error, and a retry with the same msg_id is idempotent.
-                Err(error) => {
-                    for i in indexes {
-                        results[i] = Some(Err(StoreError::Unavailable(error.to_string())));
-                    }
-                }
-            }
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("a result for every message"))
+                Err(error) => Err(StoreError::Unavailable(error.clone())),
+            })
             .collect())
     }
 

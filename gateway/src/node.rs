@@ -100,7 +100,6 @@ pub enum Control {
 #[derive(Debug)]
 pub struct GroupFocus {
     pub group: Arc<str>,
-    background: AtomicBool,
     /// The newest seq fanned out since the group went to the background (0: none).
     latest: AtomicU64,
     /// Set by the fan-out when `latest` moved since the pusher last reported it; the
@@ -109,10 +108,9 @@ pub struct GroupFocus {
 }
 
 impl GroupFocus {
-    fn new(group: &str, background: bool) -> Arc<Self> {
+    fn new(group: &str) -> Arc<Self> {
         Arc::new(Self {
             group: group.into(),
-            background: AtomicBool::new(background),
             latest: AtomicU64::new(0),
             unreported: AtomicBool::new(false),
         })
@@ -131,6 +129,10 @@ impl GroupFocus {
 #[derive(Clone)]
 struct Subscriber {
     handle: ConnHandle,
+    /// The app does not show the group: only `focus` is touched. Kept here, not in
+    /// `focus`, so that a foreground push reads no other allocation (changed only under
+    /// the write lock, by [`Node::focus`]).
+    background: bool,
     focus: Arc<GroupFocus>,
 }
 
@@ -198,7 +200,8 @@ impl LocalMap {
         if conn.groups.insert(group.to_owned()) {
             let subscriber = Subscriber {
                 handle: conn.handle.clone(),
-                focus: GroupFocus::new(group, background),
+                background,
+                focus: GroupFocus::new(group),
             };
             insert(
                 &mut self.groups,
@@ -510,8 +513,13 @@ impl Node {
         let Some(conns) = local.groups.get(&push.group) else {
             return;
         };
-        for Subscriber { handle, focus } in conns.values() {
-            if focus.background.load(Ordering::Relaxed) {
+        for Subscriber {
+            handle,
+            background,
+            focus,
+        } in conns.values()
+        {
+            if *background {
                 focus.latest.fetch_max(push.seq, Ordering::Relaxed);
                 if !focus.unreported.swap(true, Ordering::Release) {
                     let _ = handle.control.send(Control::Activity(focus.clone()));
@@ -584,18 +592,19 @@ impl Node {
             return;
         };
         for group in &conn.groups {
-            let Some(Subscriber { focus, .. }) = groups.get(group).and_then(|c| c.get(&id)) else {
+            let Some(subscriber) = groups.get_mut(group).and_then(|c| c.get_mut(&id)) else {
                 continue;
             };
             let background = !foreground.contains(group);
-            if focus.background.load(Ordering::Relaxed) == background {
+            if subscriber.background == background {
                 continue;
             }
             // No fan-out runs under the write lock: nothing is raised in between. Each
             // stay in the background starts from nothing.
+            let focus = &subscriber.focus;
             let latest = focus.latest.swap(0, Ordering::Relaxed);
             focus.unreported.store(false, Ordering::Relaxed);
-            focus.background.store(background, Ordering::Relaxed);
+            subscriber.background = background;
             let _ = conn.handle.control.send(Control::Focus {
                 group: group.clone(),
                 background,

@@ -524,40 +524,34 @@ impl Store for EmbeddedStore {
         device: &str,
         updates: &[(String, u64)],
     ) -> Result<(), StoreError> {
-        let (user, device, updates) = (user.to_owned(), device.to_owned(), updates.to_vec());
-        self.run(move |db| {
-            let tx = begin_unsynced_write(db)?;
-            // A lost cursor advance only means a redelivery the client drops as a duplicate,
-            // so cursors skip the fsync; the next durable commit persists them.
-            {
-                let mut cursors = tx.open_table(CURSORS)?;
-                for (group, seq) in &updates {
-                    let key = (user.as_str(), device.as_str(), group.as_str());
-                    let current = cursors.get(key)?.map_or(0, |v| v.value());
-                    if *seq > current {
-                        cursors.insert(key, *seq)?;
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.advance_cursors_batch(&[(user.to_owned(), device.to_owned(), updates.to_vec())])
+            .await
     }
 
     async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
         let batch = batch.to_vec();
         self.run(move |db| {
+            // In key order: neighbouring inserts touch the same B-tree pages.
+            let mut keys: Vec<((&str, &str, &str), u64)> = batch
+                .iter()
+                .flat_map(|(user, device, updates)| {
+                    updates.iter().map(move |(group, seq)| {
+                        ((user.as_str(), device.as_str(), group.as_str()), *seq)
+                    })
+                })
+                .collect();
+            keys.sort_unstable();
             let tx = begin_unsynced_write(db)?;
+            // A lost cursor advance only means a redelivery the client drops as a duplicate,
+            // so cursors skip the fsync; the next durable commit persists them.
             {
-                let mut table = tx.open_table(CURSORS)?;
-                for (user, device, updates) in &batch {
-                    for (group, seq) in updates {
-                        let key = (user.as_str(), device.as_str(), group.as_str());
-                        let current = table.get(key)?.map_or(0, |v| v.value());
-                        if *seq > current {
-                            table.insert(key, *seq)?;
-                        }
+                let mut cursors = tx.open_table(CURSORS)?;
+                for &(key, seq) in &keys {
+                    // One traversal when the cursor advances (nearly always); a second puts
+                    // a newer cursor back.
+                    let previous = cursors.insert(key, seq)?.map(|v| v.value());
+                    if let Some(previous) = previous.filter(|&p| p > seq) {
+                        cursors.insert(key, previous)?;
                     }
                 }
             }

@@ -146,19 +146,23 @@ impl Deployment {
         self.redis.as_ref().map(|r| procfs::cpu(r.id()))
     }
 
-    /// A counter summed over every gateway's `/metrics`.
-    pub async fn counter(&self, series: &str) -> f64 {
-        let mut total = 0.0;
+    /// Counters summed over every gateway's `/metrics` (one scrape each).
+    pub async fn counters<const N: usize>(&self, series: [&str; N]) -> [f64; N] {
+        let mut totals = [0.0; N];
         for gateway in &self.gateways {
             if let Ok((200, text)) = http_get(gateway.admin, "/metrics").await {
-                total += text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-                    .filter_map(|v| v.trim().parse::<f64>().ok())
-                    .sum::<f64>();
+                for line in text.lines() {
+                    for (name, total) in series.iter().zip(&mut totals) {
+                        if let Some(value) =
+                            line.strip_prefix(name).and_then(|l| l.strip_prefix(' '))
+                        {
+                            *total += value.trim().parse::<f64>().unwrap_or(0.0);
+                        }
+                    }
+                }
             }
         }
-        total
+        totals
     }
 }
 

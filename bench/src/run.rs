@@ -15,6 +15,14 @@ use crate::deployment::{Deployment, Launch, SECRET, Variant};
 use crate::load::{self, Clock};
 use crate::procfs;
 
+/// Gateway counters read before and after the messages (summed over gateways).
+const COUNTERS: [&str; 4] = [
+    "chat_ack_frames_total",
+    "chat_pushes_retransmitted_total",
+    "chat_quic_send_calls_total",
+    "chat_quic_packets_lost_total",
+];
+
 /// Most users one CreateGroup or AddMembers names.
 const USERS_PER_REQUEST: usize = 1000;
 
@@ -88,8 +96,7 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     let connect_s = connect_started.elapsed().as_secs_f64();
     let rss_connected = deployment.rss_kb();
 
-    let ack_frames = deployment.counter("chat_ack_frames_total").await;
-    let retransmits = deployment.counter("chat_pushes_retransmitted_total").await;
+    let counters_before = deployment.counters(COUNTERS).await;
     let drops = procfs::udp_buffer_drops();
     let load_cpu = procfs::own_cpu();
     let redis_cpu = deployment.redis_cpu();
@@ -138,8 +145,9 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     let transport = load::Transport::between(&before, &connections);
     eprintln!("[chat-bench] members' QUIC frames: {}", transport.frames());
     let server_cpu = deployment.cpu().saturating_sub(cpu).as_secs_f64();
-    let ack_frames = deployment.counter("chat_ack_frames_total").await - ack_frames;
-    let retransmits = deployment.counter("chat_pushes_retransmitted_total").await - retransmits;
+    let counters_after = deployment.counters(COUNTERS).await;
+    let [ack_frames, retransmits, send_calls, packets_lost] =
+        std::array::from_fn(|i| counters_after[i] - counters_before[i]);
     let expected = (w.members as u64) * per_member;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -177,6 +185,8 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         "ack_frames_per_delivery": round(ack_frames / deliveries.max(1) as f64, 4),
         "client_datagrams_per_delivery": round(transport.sent as f64 / deliveries.max(1) as f64, 4),
         "gateway_datagrams_per_delivery": round(transport.received as f64 / deliveries.max(1) as f64, 4),
+        "gateway_send_calls_per_delivery": round(send_calls / deliveries.max(1) as f64, 4),
+        "gateway_packets_lost": packets_lost,
         "retransmits": retransmits,
         "send_errors": send_errors,
         "member_errors": errors,

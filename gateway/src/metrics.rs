@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::node::Node;
+use crate::server::QuicStats;
 
 /// The Prometheus text format's content type.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -55,7 +56,10 @@ impl Metrics {
         node.register_metrics(&mut registry);
         node.plugins.register_metrics(&mut registry);
         node.unread.register_metrics(&mut registry);
-        registry.register_collector(Box::new(Snapshot { node: node.clone() }));
+        registry.register_collector(Box::new(Snapshot {
+            node: node.clone(),
+            quic: shared.quic.clone(),
+        }));
         Self { registry }
     }
 
@@ -81,6 +85,7 @@ pub fn register_seconds(
 /// What is read at scrape time rather than kept up to date on every change.
 struct Snapshot {
     node: Arc<Node>,
+    quic: Arc<QuicStats>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -128,6 +133,47 @@ impl Collector for Snapshot {
             "Live pushes waiting in all connections' queues",
             local.queued,
         )?;
+        let quic = self.quic.totals();
+        let transport = [
+            (
+                "quic_datagrams_sent",
+                "UDP datagrams sent to clients",
+                quic.datagrams_sent,
+            ),
+            (
+                "quic_send_calls",
+                "System calls that sent them (fewer than datagrams with GSO)",
+                quic.send_calls,
+            ),
+            (
+                "quic_bytes_sent",
+                "UDP payload bytes sent to clients",
+                quic.bytes_sent,
+            ),
+            (
+                "quic_datagrams_received",
+                "UDP datagrams received from clients",
+                quic.datagrams_received,
+            ),
+            (
+                "quic_bytes_received",
+                "UDP payload bytes received from clients",
+                quic.bytes_received,
+            ),
+            (
+                "quic_packets_lost",
+                "Packets QUIC declared lost and sent again",
+                quic.packets_lost,
+            ),
+            (
+                "quic_congestion_events",
+                "Times a connection's congestion window shrank",
+                quic.congestion_events,
+            ),
+        ];
+        for (name, help, value) in transport {
+            counter(&mut encoder, name, help, value)?;
+        }
         counter(
             &mut encoder,
             "redis_commands",

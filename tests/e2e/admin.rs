@@ -134,6 +134,18 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     );
     assert_eq!(value(r#"chat_plugin_disabled{plugin="ack-batching"}"#), 0.0);
     assert_eq!(value("chat_local_groups"), 1.0);
+    // The transport under it: 40 pushes of at least their bodies went out in datagrams,
+    // never more send calls than datagrams (GSO sends several per call); ACKs came back.
+    let sent = value("chat_quic_datagrams_sent_total");
+    assert!(sent >= 1.0, "{after}");
+    let calls = value("chat_quic_send_calls_total");
+    assert!(calls >= 1.0 && calls <= sent, "{after}");
+    assert!(value("chat_quic_bytes_sent_total") >= 40.0 * 2.0, "{after}");
+    assert!(
+        value("chat_quic_datagrams_received_total") >= 1.0,
+        "{after}"
+    );
+    assert!(after.contains("\nchat_quic_packets_lost_total "), "{after}");
 
     drop(bob);
     let closed = tokio::time::Instant::now() + chat_tests::PATIENCE;
@@ -145,6 +157,8 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
         assert!(tokio::time::Instant::now() < closed, "close never counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A closed connection's transport counts stay in the totals.
+    assert!(metric(&scrape().await, "chat_quic_datagrams_sent_total") >= sent);
 }
 
 /// Load, reorder, reload and remove plugins on the admin API while a sender keeps sending:

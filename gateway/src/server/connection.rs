@@ -76,6 +76,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let _counted = shared.quic.track(&connection);
     let remote = connection.remote_address();
     let hello_timeout = Duration::from_secs(shared.config.transport.hello_timeout_s);
     // Steps that run once or now and then are boxed: a future holds the largest state of

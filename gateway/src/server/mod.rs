@@ -4,8 +4,11 @@
 mod connection;
 mod cursors;
 mod pusher;
+mod quic_stats;
 mod stats;
 
+pub(crate) use quic_stats::QuicStats;
+pub use quic_stats::QuicTotals;
 pub use stats::DeliveryStats;
 pub(crate) use stats::ServerMetrics;
 
@@ -65,6 +68,8 @@ pub(crate) struct Shared {
     pub auth: TokenAuthority,
     pub config: Config,
     pub metrics: ServerMetrics,
+    /// Every connection's QUIC transport counters, summed when read.
+    pub quic: Arc<quic_stats::QuicStats>,
     pub store_metrics: StoreMetrics,
     /// Every connection's delivery cursors, written together.
     pub cursors: Arc<cursors::Cursors>,
@@ -194,6 +199,7 @@ impl Gateway {
             auth,
             config,
             metrics: ServerMetrics::default(),
+            quic: Arc::default(),
             store_metrics,
             cursors: cursors::Cursors::new(node.store.clone()),
             drain: watch::Sender::new(DrainState::Serving),
@@ -261,6 +267,11 @@ impl Gateway {
     /// What this gateway's connections have pushed and had acknowledged so far.
     pub fn delivery_stats(&self) -> DeliveryStats {
         self.shared.metrics.delivery()
+    }
+
+    /// QUIC transport counters of every connection so far, open and closed.
+    pub fn quic_totals(&self) -> QuicTotals {
+        self.shared.quic.totals()
     }
 
     /// Every metric, in the Prometheus text format (what `/metrics` serves).

@@ -53,8 +53,10 @@ impl QuicStats {
     }
 
     pub fn totals(&self) -> QuicTotals {
+        // `open` first, as a closing connection takes them: it is counted in exactly one.
+        let open = self.open.lock().expect("quic stats lock");
         let mut totals = *self.closed.lock().expect("quic stats lock");
-        for connection in self.open.lock().expect("quic stats lock").values() {
+        for connection in open.values() {
             totals.add(&connection.stats());
         }
         totals
@@ -69,13 +71,10 @@ pub(crate) struct Tracked<'a> {
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
-        let connection = self
-            .stats
-            .open
-            .lock()
-            .expect("quic stats lock")
-            .remove(&self.id);
-        if let Some(connection) = connection {
+        // Moved under the `open` lock: a scrape never sees it in neither (a counter that
+        // went down would read as a reset).
+        let mut open = self.stats.open.lock().expect("quic stats lock");
+        if let Some(connection) = open.remove(&self.id) {
             self.stats
                 .closed
                 .lock()

@@ -8,7 +8,6 @@ mod quic_stats;
 mod stats;
 
 pub(crate) use quic_stats::QuicStats;
-pub use quic_stats::QuicTotals;
 pub use stats::DeliveryStats;
 pub(crate) use stats::ServerMetrics;
 
@@ -267,11 +266,6 @@ impl Gateway {
     /// What this gateway's connections have pushed and had acknowledged so far.
     pub fn delivery_stats(&self) -> DeliveryStats {
         self.shared.metrics.delivery()
-    }
-
-    /// QUIC transport counters of every connection so far, open and closed.
-    pub fn quic_totals(&self) -> QuicTotals {
-        self.shared.quic.totals()
     }
 
     /// Every metric, in the Prometheus text format (what `/metrics` serves).

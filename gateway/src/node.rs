@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
 use crate::plugins::Plugins;
+pub use crate::session::Push;
 use crate::session::{Publisher, Requests};
 use crate::store::{Membership, Store, StoreError};
 use crate::unread::Unread;
@@ -32,16 +33,6 @@ pub enum AttachError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
-}
-
-/// A message on its way to local connections, shared by all of them.
-#[derive(Debug)]
-pub struct Push {
-    pub group: String,
-    pub seq: u64,
-    pub bytes: Bytes,
-    /// When this gateway got it from the bus.
-    pub received: Instant,
 }
 
 /// For a private message: who sees it, and the placeholder everyone else gets.
@@ -422,6 +413,7 @@ impl Node {
                 push,
                 private,
             } => {
+                let group: Arc<str> = group.into();
                 let private = private.map(|p| Private {
                     sender: p.sender,
                     visible_to: p.visible_to.into_iter().collect(),
@@ -510,7 +502,7 @@ impl Node {
     /// last `Activity` wakes it.
     fn fan_out(&self, push: Arc<Push>, private: Option<&Private>) {
         let local = self.local.read().expect("local map lock");
-        let Some(conns) = local.groups.get(&push.group) else {
+        let Some(conns) = local.groups.get(&*push.group) else {
             return;
         };
         for Subscriber {

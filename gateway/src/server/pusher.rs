@@ -262,11 +262,7 @@ impl<'a> Pusher<'a> {
         if !self.unconfirmed.is_empty() {
             self.confirm(&push.group);
         }
-        if self
-            .delivery
-            .offer(&push.group, push.seq, &push.bytes, false, now)
-            == Offer::Send
-        {
+        if self.delivery.offer(&push, false, now) == Offer::Send {
             self.metrics.pushes.inc();
             self.oldest_live.get_or_insert(push.received);
             self.out.push(push.bytes.clone());
@@ -382,6 +378,7 @@ impl<'a> Pusher<'a> {
 
     /// Pushes what `group`'s log holds past what was sent, as this user may see it.
     async fn catch_up_group(&mut self, group: &str) -> Result<(), RequestError> {
+        let name: Arc<str> = group.into();
         loop {
             let (Some(after), room) = (self.delivery.sent(group), self.delivery.room()) else {
                 return Ok(());
@@ -405,14 +402,22 @@ impl<'a> Pusher<'a> {
             let hidden = self.plugins.hidden(self.user, group, &page).await?;
             let now = Instant::now();
             for message in page {
-                let seq = message.seq;
-                let bytes =
-                    encode_push(&render(self.user, message, &hidden, Message::FLAG_CATCH_UP));
-                if self.delivery.offer(group, seq, &bytes, true, now) != Offer::Send {
+                let push = Arc::new(Push {
+                    group: name.clone(),
+                    seq: message.seq,
+                    bytes: encode_push(&render(
+                        self.user,
+                        message,
+                        &hidden,
+                        Message::FLAG_CATCH_UP,
+                    )),
+                    received: now,
+                });
+                if self.delivery.offer(&push, true, now) != Offer::Send {
                     return Ok(());
                 }
                 self.metrics.pushes.inc();
-                self.out.push(bytes);
+                self.out.push(push.bytes.clone());
             }
             if !full {
                 return Ok(());

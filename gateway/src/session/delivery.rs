@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chat_protocol::{AckPolicy, AckRange};
 
+/// An encoded push on its way to connections: one allocation per message, shared by every
+/// live recipient (and kept by each until acknowledged, for retransmits).
+#[derive(Debug)]
+pub struct Push {
+    pub group: Arc<str>,
+    pub seq: u64,
+    pub bytes: Bytes,
+    /// When this gateway got it from the bus (or read it from the log).
+    pub received: Instant,
+}
+
 /// What to do with an offered push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -31,7 +42,7 @@ pub enum Offer {
 
 #[derive(Debug)]
 struct GroupState {
-    /// The group's id, shared by its retransmit entries (no allocation per push).
+    /// The group's id, for the cursors an ACK advances.
     name: Arc<str>,
     /// Highest seq written to the connection (or the start point, before any).
     sent: u64,
@@ -43,24 +54,34 @@ struct GroupState {
     background: bool,
 }
 
-#[derive(Debug)]
-struct Pending {
-    bytes: Bytes,
-    /// When it was last written.
+/// Consecutive pushes written together (one clock reading).
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    /// Seq of its first push; the others follow without a gap.
+    first: u64,
+    /// Position of its first push in [`Unacked`]'s slots, counted from the very first.
+    start: u64,
+    /// When they were last written.
     sent_at: Instant,
-    /// Written more than once: its ACK says nothing about how long ACKs take.
+    /// Written more than once: their ACK says nothing about how long ACKs take.
     resent: bool,
+    catch_up: bool,
 }
 
-/// The written but unacknowledged pushes of one group, in seq order: written ones are
-/// appended, acknowledged ones cleared in place and dropped once at the front. Pushes are
-/// written in seq order, so this is a queue, not a tree: no allocation per push once it
-/// has grown to the group's usual flight, and an ACK is a lookup and a walk.
+/// The written but unacknowledged pushes of one group, in seq order. Per push it keeps one
+/// pointer to the shared [`Push`] (`None` once acknowledged, until it reaches the front);
+/// seqs and times live in [`Flight`]s, one per write of consecutive pushes (a skip starts a
+/// new one). Pushes are written in seq order, so this is a queue, not a tree: no allocation
+/// per push once it has grown to the group's usual flight, and an ACK is a lookup and a walk.
 #[derive(Debug, Default)]
 struct Unacked {
-    /// (seq, the push unless acknowledged); the front one is never acknowledged.
-    entries: VecDeque<(u64, Option<Pending>)>,
-    /// Entries not acknowledged.
+    /// Front one never acknowledged.
+    slots: VecDeque<Option<Arc<Push>>>,
+    /// Slots popped from the front so far: the position of `slots[0]`.
+    popped: u64,
+    /// In seq order; the first may start before `popped`.
+    flights: VecDeque<Flight>,
+    /// Slots not acknowledged.
     len: usize,
 }
 
@@ -76,77 +97,125 @@ impl Unacked {
         self.len == 0
     }
 
+    /// Position one past the last slot.
+    fn end(&self) -> u64 {
+        self.popped + self.slots.len() as u64
+    }
+
+    /// Where flight `i`'s slots end.
+    fn flight_end(&self, i: usize) -> u64 {
+        self.flights.get(i + 1).map_or(self.end(), |f| f.start)
+    }
+
     /// Oldest unacknowledged seq.
     fn first(&self) -> Option<u64> {
-        self.entries.front().map(|(seq, _)| *seq)
+        let flight = self.flights.front().filter(|_| !self.slots.is_empty())?;
+        Some(flight.first + (self.popped - flight.start))
     }
 
-    /// Adds `seq`, above every seq already in.
-    fn push(&mut self, seq: u64, pending: Pending) {
-        debug_assert!(self.entries.back().is_none_or(|(last, _)| *last < seq));
-        self.entries.push_back((seq, Some(pending)));
+    /// Adds `push`, above every seq already in; returns the flight it started, if new.
+    fn push(&mut self, push: Arc<Push>, sent_at: Instant, catch_up: bool) -> Option<Flight> {
+        let (seq, start) = (push.seq, self.end());
+        self.slots.push_back(Some(push));
         self.len += 1;
-    }
-
-    /// Where `seq` is, or would be. Seqs are contiguous unless a skip left a gap, so the
-    /// offset from the front is nearly always right; a search when it is not.
-    fn index(&self, seq: u64) -> usize {
-        let Some(&(front, _)) = self.entries.front() else {
-            return 0;
+        let joins = self.flights.back().is_some_and(|f| {
+            f.sent_at == sent_at
+                && f.catch_up == catch_up
+                && !f.resent
+                && f.first + (start - f.start) == seq
+        });
+        if joins {
+            return None;
+        }
+        let flight = Flight {
+            first: seq,
+            start,
+            sent_at,
+            resent: false,
+            catch_up,
         };
-        if seq <= front {
-            return 0;
-        }
-        let guess = (seq - front) as usize;
-        match self.entries.get(guess) {
-            Some((at, _)) if *at == seq => guess,
-            _ => self.entries.partition_point(|(s, _)| *s < seq),
-        }
+        self.flights.push_back(flight);
+        Some(flight)
     }
 
-    fn position(&self, seq: u64) -> Option<usize> {
-        let i = self.index(seq);
-        (self.entries.get(i)?.0 == seq).then_some(i)
-    }
-
-    fn get(&self, seq: u64) -> Option<&Pending> {
-        self.entries[self.position(seq)?].1.as_ref()
-    }
-
-    fn get_mut(&mut self, seq: u64) -> Option<&mut Pending> {
-        let i = self.position(seq)?;
-        self.entries[i].1.as_mut()
-    }
-
-    /// Removes the pushes `first..=last`, handing each to `acked`; returns how many.
-    fn ack(&mut self, first: u64, last: u64, mut acked: impl FnMut(Pending)) -> usize {
-        let start = self.index(first);
+    /// Acknowledges the pushes `first..=last`; returns how many were outstanding and when
+    /// the oldest of them was written (unless it was written twice).
+    fn ack(&mut self, first: u64, last: u64) -> (usize, Option<Instant>) {
         let mut removed = 0;
-        for (_, slot) in self
-            .entries
-            .range_mut(start..)
-            .take_while(|(s, _)| *s <= last)
-        {
-            if let Some(pending) = slot.take() {
-                acked(pending);
-                removed += 1;
+        let mut oldest = None;
+        // The flights that may hold some of the range: from the one holding `first`.
+        let from = self
+            .flights
+            .partition_point(|f| f.first <= first)
+            .saturating_sub(1);
+        for i in from..self.flights.len() {
+            let flight = self.flights[i];
+            if flight.first > last {
+                break;
+            }
+            let seqs = flight.first..flight.first + (self.flight_end(i) - flight.start);
+            let (lo, hi) = (first.max(seqs.start), last.min(seqs.end.saturating_sub(1)));
+            for seq in lo..=hi {
+                let position = flight.start + (seq - flight.first);
+                let Some(slot) = position
+                    .checked_sub(self.popped)
+                    .and_then(|i| self.slots.get_mut(i as usize))
+                else {
+                    continue;
+                };
+                if slot.take().is_some() {
+                    if removed == 0 && !flight.resent {
+                        oldest = Some(flight.sent_at);
+                    }
+                    removed += 1;
+                }
             }
         }
         self.len -= removed;
-        while matches!(self.entries.front(), Some((_, None))) {
-            self.entries.pop_front();
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.popped += 1;
         }
-        if self.entries.is_empty() && self.entries.capacity() > UNACKED_KEPT {
-            self.entries.shrink_to(UNACKED_KEPT);
+        while self.flights.get(1).is_some_and(|f| f.start <= self.popped) {
+            self.flights.pop_front();
         }
-        removed
+        if self.slots.is_empty() {
+            self.flights.clear();
+            if self.slots.capacity() > UNACKED_KEPT {
+                self.slots.shrink_to(UNACKED_KEPT);
+            }
+        }
+        (removed, oldest)
+    }
+
+    /// When the first flight is due. It may be early: a flight whose pushes were all
+    /// acknowledged counts too.
+    fn earliest(&self, due_at: impl Fn(&Flight) -> Instant) -> Option<Instant> {
+        self.flights.iter().map(due_at).min()
+    }
+
+    /// The unacknowledged pushes of every flight due by `now`, written again now.
+    fn retransmit(
+        &mut self,
+        now: Instant,
+        due_at: impl Fn(&Flight) -> Instant,
+        due: &mut Vec<Bytes>,
+    ) {
+        for i in 0..self.flights.len() {
+            if due_at(&self.flights[i]) > now {
+                continue;
+            }
+            let start = self.flights[i].start.max(self.popped) - self.popped;
+            let end = self.flight_end(i) - self.popped;
+            let slots = self.slots.range(start as usize..end as usize);
+            due.extend(slots.flatten().map(|p| p.bytes.clone()));
+            let flight = &mut self.flights[i];
+            (flight.sent_at, flight.resent) = (now, true);
+        }
     }
 }
 
-/// A push in flight: (last written at, seq, group).
-type InFlight = (Instant, u64, Arc<str>);
-
-/// Index of live and of catch-up pushes in `Delivery::timeouts` and `Delivery::written`.
+/// Index of live and of catch-up pushes in `Delivery::timeouts`.
 const LIVE: usize = 0;
 const CATCH_UP: usize = 1;
 /// Most doublings of the retransmit timeout (64 × `retransmit_ms`).
@@ -162,10 +231,6 @@ pub struct Delivery {
     /// Looked up on every push and ACK: foldhash, not SipHash (the keys are this user's
     /// own groups, so there is no one to flood it).
     groups: HashMap<String, GroupState, foldhash::fast::RandomState>,
-    /// Pushes in flight of each kind in the order they were written (one timeout per kind,
-    /// so the front is always due first). An entry whose push was acknowledged (or written
-    /// again) is stale and dropped when it reaches the front.
-    written: [VecDeque<InFlight>; 2],
     /// When an ACK last acknowledged something. A client that acknowledged within a
     /// retransmit timeout is reading, if slowly (on a reliable stream, what it has not
     /// acknowledged is queued behind what it has): a copy would only queue behind the
@@ -180,9 +245,9 @@ pub struct Delivery {
     /// copies, not one per timeout.
     backoff: u32,
     in_flight: usize,
-    /// The next deadline as last computed, until something may have made it sooner (a
-    /// first push in an empty queue, an ACK changing the timeout, a retransmit round):
-    /// the pusher asks after every write, and most writes change nothing.
+    /// The next deadline as last computed, until something may have made it later (an
+    /// ACK, a retransmit round): the pusher asks after every write, and most writes change
+    /// nothing (a new flight can only bring it forward, which is applied at once).
     deadline: Option<Option<Instant>>,
     /// Foreground groups to catch up from the log (a background group never is).
     behind: BTreeSet<String>,
@@ -195,7 +260,6 @@ impl Delivery {
             timeouts: [live, catch_up].map(|p| Duration::from_millis(p.retransmit_ms.into())),
             window: window.max(1),
             groups: HashMap::default(),
-            written: Default::default(),
             progress_at: None,
             ack_time: None,
             backoff: 0,
@@ -304,18 +368,12 @@ impl Delivery {
         self.in_flight
     }
 
-    /// Offers the push `bytes` of (`group`, `seq`), live or read from the log (`catch_up`).
-    pub fn offer(
-        &mut self,
-        group: &str,
-        seq: u64,
-        bytes: &Bytes,
-        catch_up: bool,
-        now: Instant,
-    ) -> Offer {
-        let Some(state) = self.groups.get_mut(group) else {
+    /// Offers `push`, live or read from the log (`catch_up`), written at `now`.
+    pub fn offer(&mut self, push: &Arc<Push>, catch_up: bool, now: Instant) -> Offer {
+        let Some(state) = self.groups.get_mut(&*push.group) else {
             return Offer::NotMember;
         };
+        let seq = push.seq;
         if seq <= state.sent {
             return Offer::Duplicate;
         }
@@ -323,22 +381,19 @@ impl Delivery {
             return Offer::Background;
         }
         if seq != state.sent + 1 || self.in_flight >= self.window {
-            self.behind.insert(group.to_owned());
+            self.behind.insert(push.group.to_string());
             return Offer::Behind;
         }
-        let kind = if catch_up { CATCH_UP } else { LIVE };
         state.sent = seq;
-        let pending = Pending {
-            bytes: bytes.clone(),
-            sent_at: now,
-            resent: false,
-        };
-        state.pending.push(seq, pending);
         self.in_flight += 1;
-        if self.written[kind].is_empty() {
-            self.deadline = None;
+        let flight = state.pending.push(push.clone(), now, catch_up);
+        // A new flight comes due after the others, unless its timeout is shorter.
+        if let (Some(flight), Some(deadline)) = (flight, self.deadline) {
+            let at = self.flight_due()(&flight);
+            if deadline.is_none_or(|d| at < d) {
+                self.deadline = Some(Some(at));
+            }
         }
-        self.written[kind].push_back((now, seq, state.name.clone()));
         Offer::Send
     }
 
@@ -369,12 +424,11 @@ impl Delivery {
             let Some(state) = self.groups.get_mut(&range.group) else {
                 continue;
             };
-            self.in_flight -= state.pending.ack(range.first, range.last, |pending| {
-                if !pending.resent {
-                    oldest_sent =
-                        Some(oldest_sent.map_or(pending.sent_at, |o| o.min(pending.sent_at)));
-                }
-            });
+            let (removed, sent_at) = state.pending.ack(range.first, range.last);
+            self.in_flight -= removed;
+            if let Some(sent_at) = sent_at {
+                oldest_sent = Some(oldest_sent.map_or(sent_at, |o| o.min(sent_at)));
+            }
             let prefix = state.pending.first().map_or(state.sent, |first| first - 1);
             if prefix > state.acked {
                 state.acked = prefix;
@@ -401,19 +455,12 @@ impl Delivery {
     }
 
     /// Pushes unacknowledged past the retransmit timeout while the client acknowledged
-    /// nothing for as long, to write again now, soonest deadline first.
+    /// nothing for as long, to write again now.
     pub fn due_retransmits(&mut self, now: Instant) -> Vec<Bytes> {
         let mut due = Vec::new();
-        while let Some(kind) = self.soonest().filter(|&k| self.due_at(k) <= now) {
-            let (_, seq, group) = self.written[kind].pop_front().expect("soonest");
-            let pending = self
-                .groups
-                .get_mut(&*group)
-                .and_then(|g| g.pending.get_mut(seq))
-                .expect("soonest skips stale entries");
-            (pending.sent_at, pending.resent) = (now, true);
-            due.push(pending.bytes.clone());
-            self.written[kind].push_back((now, seq, group));
+        let due_at = self.flight_due();
+        for state in self.groups.values_mut().filter(|g| !g.pending.is_empty()) {
+            state.pending.retransmit(now, &due_at, &mut due);
         }
         if !due.is_empty() {
             self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
@@ -422,27 +469,32 @@ impl Delivery {
         due
     }
 
-    /// When to call [`Self::due_retransmits`] next. It may be early: acknowledged pushes
-    /// leave the queues only there, so that an ACK costs no queue work.
+    /// When to call [`Self::due_retransmits`] next. It may be early (see
+    /// [`Unacked::earliest`]).
     pub fn next_deadline(&mut self) -> Option<Instant> {
         if let Some(deadline) = self.deadline {
             return deadline;
         }
-        let deadline = (0..self.written.len())
-            .filter(|&kind| !self.written[kind].is_empty())
-            .map(|kind| self.due_at(kind))
+        let due_at = self.flight_due();
+        let deadline = self
+            .groups
+            .values()
+            .filter_map(|g| g.pending.earliest(&due_at))
             .min();
         self.deadline = Some(deadline);
         deadline
     }
 
-    /// When the front of a (non-empty) queue is due: a timeout after it was written and
-    /// after the client's last progress.
-    fn due_at(&self, kind: usize) -> Instant {
-        let timeout = self.timeout(kind);
-        let written = self.written[kind][0].0 + timeout;
-        self.progress_at
-            .map_or(written, |at| written.max(at + timeout))
+    /// When a flight is due: a timeout after it was written and after the client's last
+    /// progress.
+    fn flight_due(&self) -> impl Fn(&Flight) -> Instant + use<> {
+        let timeouts = [LIVE, CATCH_UP].map(|kind| self.timeout(kind));
+        let progress_at = self.progress_at;
+        move |flight| {
+            let timeout = timeouts[usize::from(flight.catch_up)];
+            let due = flight.sent_at + timeout;
+            progress_at.map_or(due, |at| due.max(at + timeout))
+        }
     }
 
     /// The policy's timeout, or longer when ACKs on this connection take longer
@@ -455,26 +507,6 @@ impl Delivery {
                 smoothed + 4 * variation
             });
         self.timeouts[kind].max(measured) * (1 << self.backoff)
-    }
-
-    /// The queue whose front deadline is soonest, after dropping stale fronts.
-    fn soonest(&mut self) -> Option<usize> {
-        for queue in &mut self.written {
-            while let Some((sent_at, seq, group)) = queue.front() {
-                let live = self
-                    .groups
-                    .get(&**group)
-                    .and_then(|g| g.pending.get(*seq))
-                    .is_some_and(|p| p.sent_at == *sent_at);
-                if live {
-                    break;
-                }
-                queue.pop_front();
-            }
-        }
-        (0..self.written.len())
-            .filter(|&k| !self.written[k].is_empty())
-            .min_by_key(|&k| self.due_at(k))
     }
 }
 
@@ -507,8 +539,18 @@ mod tests {
         retransmit_ms: 3000,
     };
 
-    fn push(seq: u64) -> Bytes {
-        Bytes::from(format!("push {seq}"))
+    fn bytes(tag: u64) -> Bytes {
+        Bytes::from(format!("push {tag}"))
+    }
+
+    /// The push of (`group`, `seq`), its bytes `bytes(tag)`.
+    fn push(group: &str, seq: u64, tag: u64) -> Arc<Push> {
+        Arc::new(Push {
+            group: group.into(),
+            seq,
+            bytes: bytes(tag),
+            received: Instant::now(),
+        })
     }
 
     fn ack(group: &str, first: u64, last: u64) -> AckRange {
@@ -525,10 +567,10 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
-        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Duplicate);
-        assert_eq!(d.offer("other", 1, &push(1), false, now), Offer::NotMember);
+        assert_eq!(d.offer(&push("g", 1, 1), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 2, 2), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 2, 2), false, now), Offer::Duplicate);
+        assert_eq!(d.offer(&push("other", 1, 1), false, now), Offer::NotMember);
         assert_eq!(d.in_flight(), 2);
     }
 
@@ -537,11 +579,11 @@ mod tests {
         let now = Instant::now();
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join_current("g", 0);
-        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 1, 1), false, now), Offer::Send);
         d.set_background("g", true);
         assert!(d.is_background("g"));
-        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Background);
-        assert_eq!(d.offer("g", 2, &push(2), true, now), Offer::Background);
+        assert_eq!(d.offer(&push("g", 2, 2), false, now), Offer::Background);
+        assert_eq!(d.offer(&push("g", 2, 2), true, now), Offer::Background);
         // Neither a resync nor a gap reads the log for it while it is in the background.
         d.resync_all();
         d.mark_behind("g");
@@ -549,14 +591,14 @@ mod tests {
         // What was in flight is still retransmitted and acknowledged.
         assert_eq!(
             d.due_retransmits(now + Duration::from_secs(2)),
-            vec![push(1)]
+            vec![bytes(1)]
         );
         assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".into(), 1)]);
         // Foreground: the log catches up after the last push sent.
         d.set_background("g", false);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
         assert_eq!(d.sent("g"), Some(1));
-        assert_eq!(d.offer("g", 2, &push(2), true, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 2, 2), true, now), Offer::Send);
     }
 
     #[test]
@@ -566,9 +608,9 @@ mod tests {
         d.join_current("quiet", 9);
         d.join("news", 3);
         assert_eq!(d.take_behind(), vec!["news".to_string()]);
-        assert_eq!(d.offer("quiet", 10, &push(10), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("quiet", 10, 10), false, now), Offer::Send);
         // A message that slipped in before the live one: caught up from the log.
-        assert_eq!(d.offer("quiet", 12, &push(12), false, now), Offer::Behind);
+        assert_eq!(d.offer(&push("quiet", 12, 12), false, now), Offer::Behind);
         assert_eq!(d.take_behind(), vec!["quiet".to_string()]);
     }
 
@@ -579,11 +621,11 @@ mod tests {
         d.join("g", 4);
         d.take_behind();
         assert_eq!(
-            d.offer("g", 4, &push(4), false, now),
+            d.offer(&push("g", 4, 4), false, now),
             Offer::Duplicate,
             "at the watermark"
         );
-        assert_eq!(d.offer("g", 7, &push(7), false, now), Offer::Behind);
+        assert_eq!(d.offer(&push("g", 7, 7), false, now), Offer::Behind);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
         assert_eq!(d.sent("g"), Some(4));
     }
@@ -594,7 +636,7 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         for seq in 1..=5 {
-            d.offer("g", seq, &push(seq), false, now);
+            d.offer(&push("g", seq, seq), false, now);
         }
         assert_eq!(d.ack(&[ack("g", 3, 4)], now), vec![]);
         assert_eq!(d.ack(&[ack("g", 1, 1)], now), vec![("g".into(), 1)]);
@@ -616,11 +658,11 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         for seq in 1..=3 {
-            d.offer("g", seq, &push(seq), false, now);
+            d.offer(&push("g", seq, seq), false, now);
         }
         assert_eq!(d.skip_to("g", 10), None, "pushes 1..=3 are still in flight");
         for seq in 11..=12 {
-            assert_eq!(d.offer("g", seq, &push(seq), false, now), Offer::Send);
+            assert_eq!(d.offer(&push("g", seq, seq), false, now), Offer::Send);
         }
         assert_eq!(d.ack(&[ack("g", 2, 11)], now), vec![]);
         assert_eq!(d.in_flight(), 2);
@@ -637,15 +679,15 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
         d.join("h", 0);
-        d.offer("g", 1, &push(1), true, t0);
+        d.offer(&push("g", 1, 1), true, t0);
         assert_eq!(d.next_deadline(), Some(ms(3000)));
-        d.offer("g", 2, &push(2), true, ms(50));
+        d.offer(&push("g", 2, 2), true, ms(50));
         assert_eq!(
             d.next_deadline(),
             Some(ms(3000)),
             "the front is still due first"
         );
-        d.offer("h", 1, &push(1), false, ms(100));
+        d.offer(&push("h", 1, 1), false, ms(100));
         assert_eq!(
             d.next_deadline(),
             Some(ms(1100)),
@@ -662,15 +704,15 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), false, t0);
-        d.offer("g", 2, &push(2), false, t0);
+        d.offer(&push("g", 1, 1), false, t0);
+        d.offer(&push("g", 2, 2), false, t0);
         assert!(
             d.due_retransmits(t0 + Duration::from_millis(999))
                 .is_empty()
         );
         d.ack(&[ack("g", 1, 1)], t0);
         let t1 = t0 + Duration::from_millis(1000);
-        assert_eq!(d.due_retransmits(t1), vec![push(2)]);
+        assert_eq!(d.due_retransmits(t1), vec![bytes(2)]);
         // Still nothing: the next copy waits twice as long.
         assert_eq!(d.next_deadline(), Some(t1 + Duration::from_millis(2000)));
         d.ack(&[ack("g", 2, 2)], t1);
@@ -684,11 +726,11 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), false, t0);
-        d.offer("g", 2, &push(2), false, t0);
+        d.offer(&push("g", 1, 1), false, t0);
+        d.offer(&push("g", 2, 2), false, t0);
         d.ack(&[ack("g", 1, 1)], ms(10));
         // Reading slowly: 2 waits behind what it acknowledges (3, sent later).
-        d.offer("g", 3, &push(3), false, ms(800));
+        d.offer(&push("g", 3, 3), false, ms(800));
         d.ack(&[ack("g", 3, 3)], ms(810));
         assert!(
             d.due_retransmits(ms(1500)).is_empty(),
@@ -696,11 +738,11 @@ mod tests {
         );
         assert_eq!(d.next_deadline(), Some(ms(1810)));
         // Quiet for a whole timeout: what is left is sent again.
-        assert_eq!(d.due_retransmits(ms(1810)), vec![push(2)]);
+        assert_eq!(d.due_retransmits(ms(1810)), vec![bytes(2)]);
         // An ACK that acknowledges nothing new is not progress (and the timeout doubled).
         d.ack(&[ack("g", 1, 1)], ms(2000));
         assert!(d.due_retransmits(ms(3809)).is_empty());
-        assert_eq!(d.due_retransmits(ms(3810)), vec![push(2)]);
+        assert_eq!(d.due_retransmits(ms(3810)), vec![bytes(2)]);
     }
 
     #[test]
@@ -709,15 +751,15 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut d = Delivery::new(POLICY, CATCH_UP, 100);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), false, t0);
+        d.offer(&push("g", 1, 1), false, t0);
         // ACKs take 3 s here (a busy gateway, a slow path): 3 s + 4 × 1.5 s.
         d.ack(&[ack("g", 1, 1)], ms(3000));
-        d.offer("g", 2, &push(2), false, ms(3000));
+        d.offer(&push("g", 2, 2), false, ms(3000));
         assert!(d.due_retransmits(ms(11_999)).is_empty());
-        assert_eq!(d.due_retransmits(ms(12_000)), vec![push(2)]);
+        assert_eq!(d.due_retransmits(ms(12_000)), vec![bytes(2)]);
         // The ACK of a push written twice is no measure (Karn): the estimate stays.
         d.ack(&[ack("g", 2, 2)], ms(20_000));
-        d.offer("g", 3, &push(3), false, ms(20_000));
+        d.offer(&push("g", 3, 3), false, ms(20_000));
         assert_eq!(d.next_deadline(), Some(ms(29_000)));
     }
 
@@ -727,13 +769,13 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 2);
         d.join("g", 0);
         d.take_behind();
-        assert_eq!(d.offer("g", 1, &push(1), false, now), Offer::Send);
-        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::Send);
-        assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Behind);
+        assert_eq!(d.offer(&push("g", 1, 1), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 2, 2), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 3, 3), false, now), Offer::Behind);
         assert!(d.take_behind().is_empty(), "no room yet");
         d.ack(&[ack("g", 1, 2)], now);
         assert_eq!(d.take_behind(), vec!["g".to_string()]);
-        assert_eq!(d.offer("g", 3, &push(3), false, now), Offer::Send);
+        assert_eq!(d.offer(&push("g", 3, 3), false, now), Offer::Send);
     }
 
     #[test]
@@ -741,11 +783,11 @@ mod tests {
         let now = Instant::now();
         let mut d = Delivery::new(POLICY, CATCH_UP, 10);
         d.join("g", 0);
-        d.offer("g", 1, &push(1), false, now);
+        d.offer(&push("g", 1, 1), false, now);
         d.leave("g");
         assert_eq!(d.in_flight(), 0);
         assert!(d.due_retransmits(now + Duration::from_secs(2)).is_empty());
-        assert_eq!(d.offer("g", 2, &push(2), false, now), Offer::NotMember);
+        assert_eq!(d.offer(&push("g", 2, 2), false, now), Offer::NotMember);
     }
 
     #[test]
@@ -754,11 +796,11 @@ mod tests {
         let mut d = Delivery::new(POLICY, CATCH_UP, 10);
         d.join("old", 0);
         d.join("new", 0);
-        d.offer("old", 1, &push(1), true, t0);
-        d.offer("new", 1, &push(101), false, t0);
+        d.offer(&push("old", 1, 1), true, t0);
+        d.offer(&push("new", 1, 101), false, t0);
         assert_eq!(
             d.due_retransmits(t0 + Duration::from_millis(1000)),
-            vec![push(101)]
+            vec![bytes(101)]
         );
         // The live copy is acknowledged; the catch-up push is due 3 s after that progress.
         d.ack(&[ack("new", 1, 1)], t0 + Duration::from_millis(1000));
@@ -769,7 +811,46 @@ mod tests {
         assert_eq!(d.next_deadline(), Some(t0 + Duration::from_millis(4000)));
         assert_eq!(
             d.due_retransmits(t0 + Duration::from_millis(4000)),
-            vec![push(1)]
+            vec![bytes(1)]
+        );
+    }
+
+    #[test]
+    fn a_skip_far_ahead_while_pushes_are_in_flight_costs_nothing_per_skipped_seq() {
+        let now = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 10);
+        d.join("g", 0);
+        d.offer(&push("g", 1, 1), false, now);
+        let far = 1_000_000_000_000;
+        assert_eq!(d.skip_to("g", far), None);
+        assert_eq!(d.offer(&push("g", far + 1, 2), false, now), Offer::Send);
+        assert_eq!(
+            d.ack(&[ack("g", 1, u64::MAX)], now),
+            vec![("g".into(), far + 1)]
+        );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn only_the_unacknowledged_pushes_of_a_write_are_sent_again() {
+        let t0 = Instant::now();
+        let mut d = Delivery::new(POLICY, CATCH_UP, 10);
+        d.join("g", 0);
+        for seq in 1..=4 {
+            d.offer(&push("g", seq, seq), false, t0);
+        }
+        d.offer(&push("g", 5, 5), false, t0 + Duration::from_millis(500));
+        d.ack(&[ack("g", 2, 3)], t0);
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(d.due_retransmits(t1), vec![bytes(1), bytes(4)]);
+        assert_eq!(
+            d.due_retransmits(t0 + Duration::from_millis(1500)),
+            Vec::<Bytes>::new(),
+            "the later write waits for the doubled timeout too"
+        );
+        assert_eq!(
+            d.due_retransmits(t0 + Duration::from_millis(2500)),
+            vec![bytes(5)]
         );
     }
 }

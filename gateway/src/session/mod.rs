@@ -7,6 +7,6 @@ pub mod publish;
 pub mod requests;
 pub mod visibility;
 
-pub use delivery::{Delivery, Offer};
+pub use delivery::{Delivery, Offer, Push};
 pub use publish::Publisher;
 pub use requests::{RequestError, Requests, now_ms};

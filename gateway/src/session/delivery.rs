@@ -109,7 +109,8 @@ impl Unacked {
 
     /// Oldest unacknowledged seq.
     fn first(&self) -> Option<u64> {
-        let flight = self.flights.front().filter(|_| !self.slots.is_empty())?;
+        // No flights exactly when no slots: emptied together, and a push starts one.
+        let flight = self.flights.front()?;
         Some(flight.first + (self.popped - flight.start))
     }
 
@@ -488,10 +489,10 @@ impl Delivery {
     /// When a flight is due: a timeout after it was written and after the client's last
     /// progress.
     fn flight_due(&self) -> impl Fn(&Flight) -> Instant + use<> {
-        let timeouts = [LIVE, CATCH_UP].map(|kind| self.timeout(kind));
+        let (live, catch_up) = (self.timeout(LIVE), self.timeout(CATCH_UP));
         let progress_at = self.progress_at;
         move |flight| {
-            let timeout = timeouts[usize::from(flight.catch_up)];
+            let timeout = if flight.catch_up { catch_up } else { live };
             let due = flight.sent_at + timeout;
             progress_at.map_or(due, |at| due.max(at + timeout))
         }

@@ -2,7 +2,7 @@
 //! dropped — never the machine's shared instance on 6379.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::PATIENCE;
@@ -191,26 +191,8 @@ impl Drop for RedisCluster {
 }
 
 fn redis_server(port: u16, dir: &Path, persistence: &[&str], extra: &[&str]) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(persistence)
-        .args(extra)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start redis-server ({e}): install it, e.g. `apt-get install redis-server`"
-            )
-        })
+    redis_harness::spawn(port, dir, &[persistence, extra].concat())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
@@ -235,11 +217,7 @@ fn port_is_free(port: u16) -> bool {
 
 fn free_port(acceptable: impl Fn(u16) -> bool) -> u16 {
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = redis_harness::free_port().expect("a free loopback port");
         if acceptable(port) {
             return port;
         }

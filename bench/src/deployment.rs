@@ -2,7 +2,7 @@
 //! each started with a config of its variant, and the `redis-server` they share.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ pub struct Gateway {
 
 pub struct Deployment {
     pub gateways: Vec<Gateway>,
-    redis: Option<Child>,
+    redis: Option<redis_harness::Redis>,
     pub cert: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -66,7 +66,10 @@ impl Deployment {
         let binary = &launch.binary;
         let dir = tempfile::tempdir()?;
         let redis = match variant.redis() {
-            true => Some(start_redis(dir.path())?),
+            true => Some(redis_harness::Redis::start(
+                dir.path(),
+                redis_harness::AOF_EVERYSEC,
+            )?),
             false => None,
         };
         let shared_tls = dir.path().join("tls");
@@ -80,8 +83,8 @@ impl Deployment {
                 "listen = \"{addr}\"\ndata_dir = {data:?}\n\n[auth]\ntoken_secret = \"{SECRET}\"\n\n\
                  [admin]\nlisten = \"{admin}\"\n\n[log]\nlevel = \"warn\"\n"
             );
-            if let Some((_, port)) = &redis {
-                config = format!("redis = \"redis://127.0.0.1:{port}\"\n{config}");
+            if let Some(redis) = &redis {
+                config = format!("redis = \"{}\"\n{config}", redis.url());
             }
             if variant != Variant::Default {
                 config += "\n[runtime]\nworker_threads = 1\n";
@@ -119,7 +122,7 @@ impl Deployment {
         }
         Ok(Self {
             gateways,
-            redis: redis.map(|(child, _)| child),
+            redis,
             cert: shared_tls.join("cert.pem"),
             _dir: dir,
         })
@@ -172,37 +175,7 @@ impl Drop for Deployment {
             let _ = gateway.child.kill();
             let _ = gateway.child.wait();
         }
-        if let Some(redis) = &mut self.redis {
-            let _ = redis.kill();
-            let _ = redis.wait();
-        }
     }
-}
-
-fn start_redis(dir: &Path) -> anyhow::Result<(Child, u16)> {
-    let port = free_tcp_port()?.port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting redis-server (install it: apt-get install redis-server)")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("redis-server did not come up on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((child, port))
 }
 
 async fn wait_ready(gateway: &Gateway) -> anyhow::Result<()> {

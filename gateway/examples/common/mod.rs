@@ -1,9 +1,8 @@
 //! What the benchmarks share: a throwaway `redis-server` and a request path without sockets.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chat_gateway::bus::Bus;
@@ -37,7 +36,7 @@ pub async fn requests_with(
 
 /// A throwaway `redis-server` with AOF (`everysec`, the usual production setting).
 pub struct Redis {
-    child: Child,
+    _server: redis_harness::Redis,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
@@ -45,34 +44,12 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (install it, e.g. apt-get install redis-server)")?;
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self {
-                    child,
-                    port,
-                    _dir: dir,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("redis-server did not come up")
+        let server = redis_harness::Redis::start(dir.path(), redis_harness::AOF_EVERYSEC)?;
+        Ok(Self {
+            port: server.port(),
+            _server: server,
+            _dir: dir,
+        })
     }
 
     /// Calls per command so far (`INFO commandstats`), commands run by scripts included.
@@ -97,12 +74,5 @@ impl Redis {
             calls.insert(name.to_owned(), n);
         }
         Ok(calls)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

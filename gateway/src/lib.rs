@@ -19,6 +19,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod plugins;
+pub mod quic;
 pub mod redis_target;
 pub mod server;
 pub mod session;

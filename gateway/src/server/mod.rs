@@ -365,7 +365,10 @@ fn bind(config: &Config, server_config: ServerConfig) -> std::io::Result<Endpoin
     )
 }
 
-fn server_config(identity: Identity, config: &Config) -> Result<ServerConfig, StartError> {
+pub(crate) fn server_config(
+    identity: Identity,
+    config: &Config,
+) -> Result<ServerConfig, StartError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

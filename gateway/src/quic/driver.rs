@@ -1,0 +1,474 @@
+//! Every connection of one endpoint on one event loop, without sockets.
+//!
+//! quinn runs each connection on a task of its own, fed by channels from the endpoint's
+//! task and woken by a timer of its own; for a fan-out that touches every connection per
+//! message, that machinery costs more than the QUIC work itself (docs/BENCHMARKS.md,
+//! twelfth set: the same broadcast on one loop took 0.75 × the CPU per delivery). Here the
+//! caller's loop hands in datagrams and the time, and the [`Driver`] hands back what to
+//! send and what happened. Only the connections touched since the last [`Driver::flush`]
+//! are polled, and all timeouts live in one ordered set.
+//!
+//! The streams are the gateway's (docs/protocol.md): the client opens one bidirectional
+//! *control* stream, the gateway opens one unidirectional *push* stream.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ConnectionError, ConnectionHandle, ConnectionStats, DatagramEvent, Dir, EcnCodepoint, Endpoint,
+    EndpointConfig, ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
+};
+
+/// Most bytes of the control stream handed over per [`Event::Control`].
+const CONTROL_READ: usize = 64 * 1024;
+
+/// A connection, as long as it lives: a key whose connection is gone matches nothing,
+/// even after its slot holds a newer connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnKey {
+    #[cfg(test)]
+    pub(super) fn slot(self) -> u32 {
+        self.index
+    }
+}
+
+/// What happened, for the caller's loop to act on.
+#[derive(Debug)]
+pub enum Event {
+    /// The handshake completed.
+    Connected { conn: ConnKey, remote: SocketAddr },
+    /// Bytes of the control stream, in order.
+    Control { conn: ConnKey, bytes: Bytes },
+    /// The client finished or reset its control stream.
+    ControlEnded { conn: ConnKey },
+    /// The connection is gone (after [`Event::Connected`] only); its key is dead.
+    Closed {
+        conn: ConnKey,
+        reason: ConnectionError,
+    },
+    /// A handshake failed, or an incoming connection was refused.
+    HandshakeFailed { reason: ConnectionError },
+}
+
+/// Where datagrams go. `false`: the socket is full; the driver keeps the datagram and
+/// sends it first at the next [`Driver::flush`].
+pub trait Transmitter {
+    fn send(&mut self, transmit: &Transmit, contents: &[u8]) -> bool;
+}
+
+pub struct Driver {
+    endpoint: Endpoint,
+    server_config: Arc<ServerConfig>,
+    accepting: bool,
+    slots: Vec<Slot>,
+    /// Connections touched since the last flush.
+    dirty: Vec<usize>,
+    timers: BTreeSet<(Instant, usize)>,
+    events: VecDeque<Event>,
+    /// A datagram the socket did not take (its connection stays dirty).
+    unsent: Option<(Transmit, Vec<u8>)>,
+    buf: Vec<u8>,
+    /// Datagrams per transmit: more than one where the socket does GSO.
+    max_datagrams: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    inner: quinn_proto::Connection,
+    connected: bool,
+    /// `Closed` was reported (or, never connected, is not to be).
+    ended: bool,
+    control: Option<StreamId>,
+    control_out: VecDeque<Bytes>,
+    push: Option<StreamId>,
+    push_wanted: bool,
+    push_out: VecDeque<Bytes>,
+    timer: Option<Instant>,
+    dirty: bool,
+}
+
+impl Driver {
+    /// `max_datagrams`: what one send may carry (`quinn::udp`'s GSO segments, 1 without).
+    pub fn new(
+        endpoint_config: EndpointConfig,
+        server_config: Arc<ServerConfig>,
+        max_datagrams: usize,
+    ) -> Self {
+        Self {
+            endpoint: Endpoint::new(
+                Arc::new(endpoint_config),
+                Some(server_config.clone()),
+                true,
+                None,
+            ),
+            server_config,
+            accepting: true,
+            slots: Vec::new(),
+            dirty: Vec::new(),
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            unsent: None,
+            buf: Vec::new(),
+            max_datagrams: max_datagrams.max(1),
+        }
+    }
+
+    /// While false, new connections are refused (a draining gateway).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+    }
+
+    /// Connections open or closing.
+    pub fn connections(&self) -> usize {
+        self.slots.iter().filter(|s| s.conn.is_some()).count()
+    }
+
+    /// One received datagram (one GRO segment). Stateless answers (version negotiation,
+    /// refusals, resets) go out at once, or are dropped if the socket is full.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        data: BytesMut,
+        tx: &mut impl Transmitter,
+    ) {
+        let mut response = Vec::new();
+        match self
+            .endpoint
+            .handle(now, remote, local_ip, ecn, data, &mut response)
+        {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(conn) = self.slots[handle.0].conn.as_mut() {
+                    conn.inner.handle_event(event);
+                    mark(&mut self.dirty, conn, handle.0);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if !self.accepting {
+                    let transmit = self.endpoint.refuse(incoming, &mut response);
+                    tx.send(&transmit, &response[..transmit.size]);
+                    return;
+                }
+                let config = Some(self.server_config.clone());
+                match self.endpoint.accept(incoming, now, &mut response, config) {
+                    Ok((handle, inner)) => self.insert(handle, inner),
+                    Err(error) => {
+                        if let Some(transmit) = error.response {
+                            tx.send(&transmit, &response[..transmit.size]);
+                        }
+                        self.events.push_back(Event::HandshakeFailed {
+                            reason: error.cause,
+                        });
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(transmit)) => {
+                tx.send(&transmit, &response[..transmit.size]);
+            }
+            None => {}
+        }
+    }
+
+    fn insert(&mut self, handle: ConnectionHandle, inner: quinn_proto::Connection) {
+        if self.slots.len() <= handle.0 {
+            self.slots.resize_with(handle.0 + 1, Slot::default);
+        }
+        let slot = &mut self.slots[handle.0];
+        slot.generation = slot.generation.wrapping_add(1);
+        let conn = slot.conn.insert(Conn {
+            inner,
+            connected: false,
+            ended: false,
+            control: None,
+            control_out: VecDeque::new(),
+            push: None,
+            push_wanted: false,
+            push_out: VecDeque::new(),
+            timer: None,
+            dirty: false,
+        });
+        mark(&mut self.dirty, conn, handle.0);
+    }
+
+    /// The earliest moment [`Driver::handle_timeouts`] has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    pub fn handle_timeouts(&mut self, now: Instant) {
+        while let Some(&(at, index)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(conn) = self.slots[index].conn.as_mut() {
+                conn.timer = None;
+                conn.inner.handle_timeout(now);
+                mark(&mut self.dirty, conn, index);
+            }
+        }
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn conn_mut(&mut self, key: ConnKey) -> Option<(&mut Conn, usize)> {
+        let index = key.index as usize;
+        let slot = self.slots.get_mut(index)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let conn = slot.conn.as_mut().filter(|c| !c.ended)?;
+        mark(&mut self.dirty, conn, index);
+        Some((conn, index))
+    }
+
+    /// Queues bytes for the control stream; false if the connection is gone.
+    pub fn write_control(&mut self, key: ConnKey, bytes: Bytes) -> bool {
+        self.conn_mut(key)
+            .map(|(conn, _)| conn.control_out.push_back(bytes))
+            .is_some()
+    }
+
+    /// Opens the push stream (as soon as the client allows it); false if the connection is gone.
+    pub fn open_push(&mut self, key: ConnKey) -> bool {
+        self.conn_mut(key)
+            .map(|(conn, _)| conn.push_wanted = true)
+            .is_some()
+    }
+
+    /// Queues a frame for the push stream; false if the connection is gone.
+    pub fn write_push(&mut self, key: ConnKey, bytes: Bytes) -> bool {
+        self.conn_mut(key)
+            .map(|(conn, _)| conn.push_out.push_back(bytes))
+            .is_some()
+    }
+
+    /// Push frames the stream has not taken yet (flow control, congestion).
+    pub fn push_queued(&self, key: ConnKey) -> usize {
+        self.slots
+            .get(key.index as usize)
+            .filter(|slot| slot.generation == key.generation)
+            .and_then(|slot| slot.conn.as_ref())
+            .map_or(0, |conn| conn.push_out.len())
+    }
+
+    pub fn stats(&self, key: ConnKey) -> Option<ConnectionStats> {
+        let slot = self.slots.get(key.index as usize)?;
+        (slot.generation == key.generation)
+            .then(|| slot.conn.as_ref().map(|c| c.inner.stats()))
+            .flatten()
+    }
+
+    /// Closes with an application code and reason; [`Event::Closed`] follows with
+    /// `LocallyClosed`. What was queued and not yet sent is dropped.
+    pub fn close(&mut self, now: Instant, key: ConnKey, code: VarInt, reason: &[u8]) {
+        let Some((conn, _)) = self.conn_mut(key) else {
+            return;
+        };
+        conn.inner.close(now, code, Bytes::copy_from_slice(reason));
+        conn.ended = true;
+        self.events.push_back(Event::Closed {
+            conn: key,
+            reason: ConnectionError::LocallyClosed,
+        });
+    }
+
+    /// Polls every connection touched since the last flush: its events, its queued
+    /// writes, its datagrams, its next timeout. False if the socket filled up first (the
+    /// rest waits for the next flush).
+    pub fn flush(&mut self, now: Instant, tx: &mut impl Transmitter) -> bool {
+        if let Some((transmit, contents)) = self.unsent.take()
+            && !tx.send(&transmit, &contents[..transmit.size])
+        {
+            self.unsent = Some((transmit, contents));
+            return false;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut done = 0;
+        let mut flushed = true;
+        for &index in &dirty {
+            done += 1;
+            if !self.poll_conn(index, now, tx) {
+                flushed = false;
+                break;
+            }
+        }
+        // What the socket did not take stays dirty, ahead of what was marked meanwhile.
+        let mut rest = dirty[done..].to_vec();
+        rest.append(&mut self.dirty);
+        self.dirty = rest;
+        flushed
+    }
+
+    /// False if the socket filled up (the connection stays dirty).
+    fn poll_conn(&mut self, index: usize, now: Instant, tx: &mut impl Transmitter) -> bool {
+        let generation = self.slots[index].generation;
+        let key = ConnKey {
+            index: index as u32,
+            generation,
+        };
+        let Some(conn) = self.slots[index].conn.as_mut() else {
+            return true;
+        };
+        conn.dirty = false;
+        while let Some(event) = conn.inner.poll() {
+            match event {
+                quinn_proto::Event::Connected => {
+                    conn.connected = true;
+                    self.events.push_back(Event::Connected {
+                        conn: key,
+                        remote: conn.inner.remote_address(),
+                    });
+                }
+                quinn_proto::Event::ConnectionLost { reason } if !conn.ended => {
+                    conn.ended = true;
+                    self.events.push_back(if conn.connected {
+                        Event::Closed { conn: key, reason }
+                    } else {
+                        Event::HandshakeFailed { reason }
+                    });
+                }
+                quinn_proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    // The first is the control stream; the transport allows no second.
+                    if let Some(id) = conn.inner.streams().accept(Dir::Bi) {
+                        conn.control.get_or_insert(id);
+                        read_control(conn, key, &mut self.events);
+                    }
+                }
+                quinn_proto::Event::Stream(StreamEvent::Readable { id })
+                    if Some(id) == conn.control =>
+                {
+                    read_control(conn, key, &mut self.events);
+                }
+                _ => {}
+            }
+        }
+        if !conn.ended {
+            write_streams(conn);
+        }
+        while let Some(event) = conn.inner.poll_endpoint_events() {
+            if let Some(event) = self.endpoint.handle_event(ConnectionHandle(index), event) {
+                conn.inner.handle_event(event);
+            }
+        }
+        loop {
+            self.buf.clear();
+            let Some(transmit) = conn
+                .inner
+                .poll_transmit(now, self.max_datagrams, &mut self.buf)
+            else {
+                break;
+            };
+            if !tx.send(&transmit, &self.buf[..transmit.size]) {
+                self.unsent = Some((transmit, std::mem::take(&mut self.buf)));
+                mark(&mut self.dirty, conn, index);
+                return false;
+            }
+        }
+        let timeout = conn.inner.poll_timeout();
+        if timeout != conn.timer {
+            if let Some(old) = conn.timer {
+                self.timers.remove(&(old, index));
+            }
+            if let Some(new) = timeout {
+                self.timers.insert((new, index));
+            }
+            conn.timer = timeout;
+        }
+        if conn.inner.is_drained() {
+            if let Some(old) = conn.timer {
+                self.timers.remove(&(old, index));
+            }
+            self.slots[index].conn = None;
+        }
+        true
+    }
+}
+
+fn mark(dirty: &mut Vec<usize>, conn: &mut Conn, index: usize) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(index);
+    }
+}
+
+/// Hands over what the control stream has, as one event per chunk.
+fn read_control(conn: &mut Conn, key: ConnKey, events: &mut VecDeque<Event>) {
+    let Some(id) = conn.control else { return };
+    let mut stream = conn.inner.recv_stream(id);
+    let Ok(mut chunks) = stream.read(true) else {
+        return;
+    };
+    let mut ended = false;
+    loop {
+        match chunks.next(CONTROL_READ) {
+            Ok(Some(chunk)) => events.push_back(Event::Control {
+                conn: key,
+                bytes: chunk.bytes,
+            }),
+            Ok(None) | Err(quinn_proto::ReadError::Reset(_)) => {
+                ended = true;
+                break;
+            }
+            Err(quinn_proto::ReadError::Blocked) => break,
+        }
+    }
+    // Whether to send a flow-control update is decided at the next poll_transmit.
+    let _ = chunks.finalize();
+    if ended {
+        events.push_back(Event::ControlEnded { conn: key });
+    }
+}
+
+/// Writes what the streams take of the queued frames.
+fn write_streams(conn: &mut Conn) {
+    if conn.push.is_none() && conn.push_wanted {
+        conn.push = conn.inner.streams().open(Dir::Uni);
+    }
+    if let Some(id) = conn.control {
+        write_queued(&mut conn.inner, id, &mut conn.control_out);
+    }
+    if let Some(id) = conn.push {
+        write_queued(&mut conn.inner, id, &mut conn.push_out);
+    }
+}
+
+fn write_queued(inner: &mut quinn_proto::Connection, id: StreamId, queue: &mut VecDeque<Bytes>) {
+    while !queue.is_empty() {
+        let (front, _) = queue.as_mut_slices();
+        let offered = front.len();
+        match inner.send_stream(id).write_chunks(front) {
+            Ok(written) => {
+                queue.drain(..written.chunks);
+                if written.chunks < offered {
+                    return;
+                }
+            }
+            // Blocked: the stream says when it is writable again (the connection gets
+            // polled then). Stopped or closed: the connection is ending anyway.
+            Err(quinn_proto::WriteError::Blocked) => return,
+            Err(_) => {
+                queue.clear();
+                return;
+            }
+        }
+    }
+}

@@ -14,7 +14,8 @@ while [ $# -gt 0 ]; do
     *) EXTRA+=("$1"); shift ;;
   esac
 done
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sans-io-ceiling-target}
+# The project's target directory: the gateway it builds on is compiled there already.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/../../target}
 cargo build --release --quiet --manifest-path "$HERE/Cargo.toml"
 SERVER="$CARGO_TARGET_DIR/release/sans-io-ceiling"
 LOAD_TARGET=${XDG_CACHE_HOME:-$HOME/.cache}/quinn-ceiling-target

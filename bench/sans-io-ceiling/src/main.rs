@@ -1,13 +1,13 @@
 //! The quinn ceiling's server (`../shared/peers/quinn-ceiling`), same wire protocol and
-//! flags, but on `quinn-proto` with one event loop instead of quinn's task per connection:
-//! the loop reads the socket, feeds each datagram to its connection, writes a broadcast
-//! into every connection's push stream, and polls each connection that has work for its
-//! datagrams. No channels, no wakers, no timer per connection (one ordered set).
+//! flags, on the gateway's `quic::Driver`: one event loop instead of quinn's task per
+//! connection. The loop reads the socket into the driver, writes a broadcast into every
+//! member's push stream, and flushes the driver between reads. No channels, no wakers, no
+//! timer per connection.
 //!
-//! An experiment (docs/BENCHMARKS.md, "Twelfth set"): how much of a delivery's CPU is
-//! quinn's per-connection machinery, before anyone rebuilds the gateway on `quinn-proto`.
+//! An experiment (docs/BENCHMARKS.md, twelfth set): what the gateway's transport saves
+//! once it runs on the driver, measured before the gateway does.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::HashMap;
 use std::io::{IoSliceMut, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use chat_gateway::quic::{ConnKey, Driver, Event, Flushed, Transmitter};
 use clap::Parser;
-use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig, Event,
-    ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
-};
+use quinn_proto::{EcnCodepoint, EndpointConfig, ServerConfig, TransportConfig, VarInt};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
 
@@ -28,6 +26,11 @@ const WELCOME_SEQ: u64 = u64::MAX;
 const HEADER: usize = 16;
 const HELLO_CTRL: u8 = b'C';
 const GO: u8 = b'G';
+/// Bytes per receive slot: a GRO batch of full datagrams.
+const RX_CHUNK: usize = 64 * 1024;
+/// Connections flushed between two socket reads, so the socket does not overflow while
+/// a broadcast goes out to ten thousand streams.
+const FLUSH_BUDGET: usize = 256;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -44,7 +47,7 @@ struct Args {
     /// Frames queued per connection before the broadcast waits (the ceiling's --queue).
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Messages broadcast per loop turn at --rate 0 before connections are polled (the
+    /// Messages broadcast per loop turn at --rate 0 before connections are flushed (the
     /// ceiling's writer hands quinn up to 32 frames per write).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -74,45 +77,49 @@ fn frame(seq: u64, ts_ns: u64, payload: usize) -> Bytes {
     b.freeze()
 }
 
+/// The socket, as the driver's way out.
+struct Udp {
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Transmitter for Udp {
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        let sent = self.socket.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.socket).into(), &transmit)
+        });
+        !matches!(sent, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+#[derive(Default)]
 struct Member {
-    conn: quinn_proto::Connection,
-    push: Option<StreamId>,
     hello: Option<u8>,
-    registered: bool,
-    /// Frames the push stream has not taken yet.
-    queue: VecDeque<Bytes>,
-    finished: bool,
-    timer: Option<Instant>,
-    dirty: bool,
 }
 
 struct Server {
     args: Args,
-    endpoint: Endpoint,
-    socket: tokio::net::UdpSocket,
-    state: UdpSocketState,
-    members: Vec<Option<Member>>,
-    dirty: Vec<usize>,
-    timers: BTreeSet<(Instant, usize)>,
+    driver: Driver,
+    udp: Udp,
+    members: HashMap<ConnKey, Member>,
+    /// Members with their push stream open, in the order they registered.
+    registered: Vec<ConnKey>,
     welcome: Bytes,
-    registered: usize,
-    /// Members whose queue is full: the broadcast waits for them.
-    full: usize,
     go: bool,
     start: Option<(Instant, u64)>,
     next: u64,
     closed: usize,
-    send_buf: Vec<u8>,
-    max_segments: usize,
-    /// Receive buffers (taken while a receive pass runs).
-    rx: Option<(Vec<u8>, Vec<RecvMeta>)>,
+    rx: (Vec<u8>, Vec<RecvMeta>),
 }
-
-/// Bytes per receive slot: a GRO batch of full datagrams.
-const RX_CHUNK: usize = 64 * 1024;
-/// Connections polled between two receive passes, so the socket does not overflow
-/// while a broadcast is written into ten thousand streams.
-const POLLS_PER_RECEIVE: usize = 256;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -159,33 +166,25 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(out, "READY {}", socket.local_addr()?)?;
         out.flush()?;
     }
-    let max_segments = state.max_gso_segments();
-    let welcome = frame(WELCOME_SEQ, 0, args.payload);
+    let driver = Driver::new(
+        EndpointConfig::default(),
+        Arc::new(server_config),
+        state.max_gso_segments(),
+    );
     let mut server = Server {
-        endpoint: Endpoint::new(
-            Arc::new(EndpointConfig::default()),
-            Some(Arc::new(server_config)),
-            true,
-            None,
-        ),
-        socket,
-        state,
-        members: Vec::new(),
-        dirty: Vec::new(),
-        timers: BTreeSet::new(),
-        welcome,
-        registered: 0,
-        full: 0,
+        driver,
+        udp: Udp { socket, state },
+        members: HashMap::new(),
+        registered: Vec::new(),
+        welcome: frame(WELCOME_SEQ, 0, args.payload),
         go: false,
         start: None,
         next: 0,
         closed: 0,
-        send_buf: Vec::with_capacity(64 * 1024),
-        max_segments,
-        rx: Some((
+        rx: (
             vec![0u8; quinn_udp::BATCH_SIZE * RX_CHUNK],
             vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
-        )),
+        ),
         args,
     };
     server.run().await;
@@ -198,119 +197,111 @@ impl Server {
         loop {
             self.receive();
             let now = Instant::now();
-            self.fire_timers(now);
+            self.driver.handle_timeouts(now);
+            self.events();
             let broadcasting = self.broadcast(now);
-            self.poll_dirty().await;
+            let mut flushed;
+            loop {
+                flushed = self
+                    .driver
+                    .flush(Instant::now(), &mut self.udp, FLUSH_BUDGET);
+                self.events();
+                if flushed != Flushed::Budget {
+                    break;
+                }
+                self.receive();
+            }
             if self.closed >= self.args.members && self.next >= self.args.messages {
                 return;
             }
-            if broadcasting {
-                continue;
+            if flushed == Flushed::SocketFull {
+                let _ = self.udp.socket.writable().await;
+            } else if !broadcasting {
+                self.wait(now).await;
             }
-            self.wait(now).await;
         }
     }
 
     fn receive(&mut self) {
-        let Some((mut storage, mut metas)) = self.rx.take() else {
-            return;
-        };
-        self.receive_into(&mut storage, &mut metas);
-        self.rx = Some((storage, metas));
-    }
-
-    fn receive_into(&mut self, storage: &mut [u8], metas: &mut [RecvMeta]) {
-        let chunk = RX_CHUNK;
-        let mut response = Vec::new();
+        let (storage, metas) = &mut self.rx;
         // A bounded number of batches per turn, so timers and sends keep their turn.
         for _ in 0..16 {
             let mut bufs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(chunk).map(IoSliceMut::new).collect();
-            let received = self.socket.try_io(Interest::READABLE, || {
-                self.state.recv((&self.socket).into(), &mut bufs, metas)
+                storage.chunks_mut(RX_CHUNK).map(IoSliceMut::new).collect();
+            let received = self.udp.socket.try_io(Interest::READABLE, || {
+                self.udp
+                    .state
+                    .recv((&self.udp.socket).into(), &mut bufs, metas)
             });
             let Ok(count) = received else { return };
             let now = Instant::now();
             for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
-                let mut data = &buf[..meta.len];
-                while !data.is_empty() {
-                    let (segment, rest) = data.split_at(meta.stride.min(data.len()));
-                    data = rest;
-                    let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
-                    response.clear();
-                    match self.endpoint.handle(
+                let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+                for segment in buf[..meta.len].chunks(meta.stride) {
+                    self.driver.handle_datagram(
                         now,
                         meta.addr,
                         meta.dst_ip,
                         ecn,
                         BytesMut::from(segment),
-                        &mut response,
-                    ) {
-                        Some(DatagramEvent::NewConnection(incoming)) => {
-                            match self.endpoint.accept(incoming, now, &mut response, None) {
-                                Ok((handle, conn)) => self.add(handle, conn),
-                                Err(e) => {
-                                    if let Some(t) = e.response {
-                                        send_now(&self.socket, &self.state, &t, &response);
-                                    }
-                                }
-                            }
-                        }
-                        Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                            if let Some(member) = self.members[handle.0].as_mut() {
-                                member.conn.handle_event(event);
-                                mark(&mut self.dirty, member, handle.0);
-                            }
-                        }
-                        Some(DatagramEvent::Response(t)) => {
-                            send_now(&self.socket, &self.state, &t, &response);
-                        }
-                        None => {}
-                    }
+                        &mut self.udp,
+                    );
                 }
             }
         }
     }
 
-    fn add(&mut self, handle: ConnectionHandle, conn: quinn_proto::Connection) {
-        if self.members.len() <= handle.0 {
-            self.members.resize_with(handle.0 + 1, || None);
+    fn events(&mut self) {
+        while let Some(event) = self.driver.poll_event() {
+            match event {
+                Event::Connected { conn, .. } => {
+                    self.members.insert(conn, Member::default());
+                }
+                Event::Control { conn, bytes } => self.control(conn, &bytes),
+                Event::Closed { conn, .. } => {
+                    self.members.remove(&conn);
+                    self.closed += 1;
+                }
+                Event::ControlEnded { .. } | Event::HandshakeFailed { .. } => {}
+            }
         }
-        let mut member = Member {
-            conn,
-            push: None,
-            hello: None,
-            registered: false,
-            queue: VecDeque::new(),
-            finished: false,
-            timer: None,
-            dirty: false,
+    }
+
+    fn control(&mut self, conn: ConnKey, bytes: &[u8]) {
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
         };
-        mark(&mut self.dirty, &mut member, handle.0);
-        self.members[handle.0] = Some(member);
-    }
-
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(&(at, index)) = self.timers.first() {
-            if at > now {
-                break;
+        for &b in bytes {
+            match member.hello {
+                None => {
+                    member.hello = Some(b);
+                    self.driver.open_push(conn);
+                    self.driver.write_push(conn, self.welcome.clone());
+                    self.registered.push(conn);
+                    if self.registered.len() == self.args.members {
+                        eprintln!(
+                            "server: {} members connected, waiting for GO",
+                            self.args.members
+                        );
+                    }
+                }
+                Some(HELLO_CTRL) if b == GO => self.go = true,
+                Some(_) => {}
             }
-            self.timers.pop_first();
-            if let Some(member) = self.members[index].as_mut() {
-                member.timer = None;
-                member.conn.handle_timeout(now);
-                mark(&mut self.dirty, member, index);
-            }
+        }
+        if self.start.is_none() && self.go && self.registered.len() >= self.args.members {
+            self.start = Some((Instant::now(), mono_ns()));
         }
     }
 
-    /// Writes due messages into every queue; true if more can go at once.
+    /// Writes due messages into every push stream while no member's queue is full;
+    /// true if more can go at once.
     fn broadcast(&mut self, now: Instant) -> bool {
         let Some((start, start_ns)) = self.start else {
             return false;
         };
         let mut sent = 0;
-        while self.next < self.args.messages && self.full == 0 && sent < self.args.batch {
+        while self.next < self.args.messages && sent < self.args.batch && !self.full() {
             let ts = if self.args.rate > 0.0 {
                 let offset = Duration::from_secs_f64(self.next as f64 / self.args.rate);
                 if start + offset > now {
@@ -321,224 +312,35 @@ impl Server {
                 mono_ns()
             };
             let f = frame(self.next, ts, self.args.payload);
-            for (index, slot) in self.members.iter_mut().enumerate() {
-                let Some(member) = slot.as_mut() else {
-                    continue;
-                };
-                if !member.registered {
-                    continue;
-                }
-                member.queue.push_back(f.clone());
-                if member.queue.len() == self.args.queue {
-                    self.full += 1;
-                }
-                mark(&mut self.dirty, member, index);
+            for &conn in &self.registered {
+                self.driver.write_push(conn, f.clone());
             }
             self.next += 1;
             sent += 1;
         }
-        self.next < self.args.messages && self.full == 0 && self.args.rate == 0.0
+        self.next < self.args.messages && self.args.rate == 0.0 && !self.full()
     }
 
-    async fn poll_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for (polled, &index) in dirty.iter().enumerate() {
-            self.poll_member(index, Instant::now()).await;
-            if polled % POLLS_PER_RECEIVE == POLLS_PER_RECEIVE - 1 {
-                self.receive();
-            }
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
-    }
-
-    async fn poll_member(&mut self, index: usize, now: Instant) {
-        let Some(member) = self.members[index].as_mut() else {
-            return;
-        };
-        member.dirty = false;
-        while let Some(event) = member.conn.poll() {
-            match event {
-                Event::Connected => open_push(member, &self.welcome),
-                Event::Stream(StreamEvent::Available { dir: Dir::Uni }) => {
-                    open_push(member, &self.welcome)
-                }
-                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                    while let Some(id) = member.conn.streams().accept(Dir::Bi) {
-                        read_control(member, id, &mut self.go);
-                    }
-                }
-                Event::Stream(StreamEvent::Readable { id }) => {
-                    read_control(member, id, &mut self.go)
-                }
-                _ => {}
-            }
-        }
-        if !member.registered && member.hello.is_some() && member.push.is_some() {
-            member.registered = true;
-            self.registered += 1;
-            if self.registered == self.args.members {
-                eprintln!(
-                    "server: {} members connected, waiting for GO",
-                    self.registered
-                );
-            }
-        }
-        if self.start.is_none() && self.go && self.registered >= self.args.members {
-            self.start = Some((Instant::now(), mono_ns()));
-        }
-        // Push what the stream takes.
-        if let Some(push) = member.push {
-            let was_full = member.queue.len() >= self.args.queue;
-            while !member.queue.is_empty() {
-                let (front, _) = member.queue.as_mut_slices();
-                let offered = front.len();
-                match member.conn.send_stream(push).write_chunks(front) {
-                    Ok(written) => {
-                        member.queue.drain(..written.chunks);
-                        if written.chunks < offered {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            if was_full && member.queue.len() < self.args.queue {
-                self.full -= 1;
-            }
-            if !member.finished && member.queue.is_empty() && self.next >= self.args.messages {
-                member.finished = member.conn.send_stream(push).finish().is_ok();
-            }
-        }
-        while let Some(event) = member.conn.poll_endpoint_events() {
-            if let Some(event) = self.endpoint.handle_event(ConnectionHandle(index), event) {
-                member.conn.handle_event(event);
-            }
-        }
-        loop {
-            self.send_buf.clear();
-            let Some(t) = member
-                .conn
-                .poll_transmit(now, self.max_segments, &mut self.send_buf)
-            else {
-                break;
-            };
-            send(&self.socket, &self.state, &t, &self.send_buf).await;
-        }
-        let timer = member.conn.poll_timeout();
-        if timer != member.timer {
-            if let Some(old) = member.timer {
-                self.timers.remove(&(old, index));
-            }
-            if let Some(new) = timer {
-                self.timers.insert((new, index));
-            }
-            member.timer = timer;
-        }
-        if member.conn.is_drained() {
-            if let Some(old) = member.timer {
-                self.timers.remove(&(old, index));
-            }
-            if member.registered && member.queue.len() >= self.args.queue {
-                self.full -= 1;
-            }
-            self.members[index] = None;
-            self.closed += 1;
-        }
+    /// Some member has a full queue: the broadcast waits for it, as the ceiling's does.
+    fn full(&self) -> bool {
+        self.registered
+            .iter()
+            .any(|&conn| self.driver.push_queued(conn) >= self.args.queue)
     }
 
     async fn wait(&mut self, now: Instant) {
-        let mut deadline = self.timers.first().map(|&(at, _)| at);
+        let mut deadline = self.driver.next_timeout();
         if let Some((start, _)) = self.start
             && self.args.rate > 0.0
             && self.next < self.args.messages
-            && self.full == 0
         {
             let due = start + Duration::from_secs_f64(self.next as f64 / self.args.rate);
             deadline = Some(deadline.map_or(due, |d| d.min(due)));
         }
-        let deadline = deadline.unwrap_or(now + Duration::from_secs(1));
+        let deadline = deadline.unwrap_or(now + Duration::from_millis(100));
         tokio::select! {
-            _ = self.socket.readable() => {}
+            _ = self.udp.socket.readable() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }
-}
-
-fn mark(dirty: &mut Vec<usize>, member: &mut Member, index: usize) {
-    if !member.dirty {
-        member.dirty = true;
-        dirty.push(index);
-    }
-}
-
-fn open_push(member: &mut Member, welcome: &Bytes) {
-    if member.push.is_none()
-        && let Some(id) = member.conn.streams().open(Dir::Uni)
-    {
-        member.push = Some(id);
-        member.queue.push_front(welcome.clone());
-    }
-}
-
-fn read_control(member: &mut Member, id: StreamId, go: &mut bool) {
-    let mut bytes = Vec::new();
-    let mut stream = member.conn.recv_stream(id);
-    if let Ok(mut chunks) = stream.read(true) {
-        while let Ok(Some(chunk)) = chunks.next(64) {
-            bytes.extend_from_slice(&chunk.bytes);
-        }
-        let _ = chunks.finalize();
-    }
-    for b in bytes {
-        match member.hello {
-            None => member.hello = Some(b),
-            Some(HELLO_CTRL) if b == GO => *go = true,
-            Some(_) => {}
-        }
-    }
-}
-
-fn udp_transmit<'a>(t: &quinn_proto::Transmit, buf: &'a [u8]) -> quinn_udp::Transmit<'a> {
-    quinn_udp::Transmit {
-        destination: t.destination,
-        ecn: t
-            .ecn
-            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-        contents: &buf[..t.size],
-        segment_size: t.segment_size,
-        src_ip: t.src_ip,
-    }
-}
-
-/// Sends, waiting for the socket while it is full.
-async fn send(
-    socket: &tokio::net::UdpSocket,
-    state: &UdpSocketState,
-    t: &quinn_proto::Transmit,
-    buf: &[u8],
-) {
-    let transmit = udp_transmit(t, buf);
-    loop {
-        match socket.try_io(Interest::WRITABLE, || state.send(socket.into(), &transmit)) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let _ = socket.writable().await;
-            }
-            _ => return,
-        }
-    }
-}
-
-/// Sends a handshake response, dropping it if the socket is full (the client retries).
-fn send_now(
-    socket: &tokio::net::UdpSocket,
-    state: &UdpSocketState,
-    t: &quinn_proto::Transmit,
-    buf: &[u8],
-) {
-    let transmit = udp_transmit(t, buf);
-    let _ = socket.try_io(Interest::WRITABLE, || state.send(socket.into(), &transmit));
 }

@@ -58,6 +58,17 @@ pub enum Event {
     HandshakeFailed { reason: ConnectionError },
 }
 
+/// How far a [`Driver::flush`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Every touched connection was polled.
+    All,
+    /// The budget ran out first: flush again soon.
+    Budget,
+    /// The socket is full: flush again once it is writable.
+    SocketFull,
+}
+
 /// Where datagrams go. `false`: the socket is full; the driver keeps the datagram and
 /// sends it first at the next [`Driver::flush`].
 pub trait Transmitter {
@@ -69,8 +80,8 @@ pub struct Driver {
     server_config: Arc<ServerConfig>,
     accepting: bool,
     slots: Vec<Slot>,
-    /// Connections touched since the last flush.
-    dirty: Vec<usize>,
+    /// Connections touched since they were last polled, in the order they were.
+    dirty: VecDeque<usize>,
     timers: BTreeSet<(Instant, usize)>,
     events: VecDeque<Event>,
     /// A datagram the socket did not take (its connection stays dirty).
@@ -117,7 +128,7 @@ impl Driver {
             server_config,
             accepting: true,
             slots: Vec::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             unsent: None,
@@ -291,31 +302,30 @@ impl Driver {
         });
     }
 
-    /// Polls every connection touched since the last flush: its events, its queued
-    /// writes, its datagrams, its next timeout. False if the socket filled up first (the
-    /// rest waits for the next flush).
-    pub fn flush(&mut self, now: Instant, tx: &mut impl Transmitter) -> bool {
+    /// Polls the connections touched since the last flush, oldest first, at most
+    /// `budget` of them (a caller's loop reads its socket in between): their events, their
+    /// queued writes, their datagrams, their next timeout.
+    pub fn flush(&mut self, now: Instant, tx: &mut impl Transmitter, budget: usize) -> Flushed {
         if let Some((transmit, contents)) = self.unsent.take()
             && !tx.send(&transmit, &contents[..transmit.size])
         {
             self.unsent = Some((transmit, contents));
-            return false;
+            return Flushed::SocketFull;
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut done = 0;
-        let mut flushed = true;
-        for &index in &dirty {
-            done += 1;
+        for _ in 0..budget {
+            let Some(index) = self.dirty.pop_front() else {
+                return Flushed::All;
+            };
             if !self.poll_conn(index, now, tx) {
-                flushed = false;
-                break;
+                self.dirty.push_front(index);
+                return Flushed::SocketFull;
             }
         }
-        // What the socket did not take stays dirty, ahead of what was marked meanwhile.
-        let mut rest = dirty[done..].to_vec();
-        rest.append(&mut self.dirty);
-        self.dirty = rest;
-        flushed
+        if self.dirty.is_empty() {
+            Flushed::All
+        } else {
+            Flushed::Budget
+        }
     }
 
     /// False if the socket filled up (the connection stays dirty).
@@ -379,7 +389,8 @@ impl Driver {
             };
             if !tx.send(&transmit, &self.buf[..transmit.size]) {
                 self.unsent = Some((transmit, std::mem::take(&mut self.buf)));
-                mark(&mut self.dirty, conn, index);
+                // Polled again first at the next flush.
+                conn.dirty = true;
                 return false;
             }
         }
@@ -403,10 +414,10 @@ impl Driver {
     }
 }
 
-fn mark(dirty: &mut Vec<usize>, conn: &mut Conn, index: usize) {
+fn mark(dirty: &mut VecDeque<usize>, conn: &mut Conn, index: usize) {
     if !conn.dirty {
         conn.dirty = true;
-        dirty.push(index);
+        dirty.push_back(index);
     }
 }
 

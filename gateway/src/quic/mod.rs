@@ -8,7 +8,7 @@
 
 mod driver;
 
-pub use driver::{ConnKey, Driver, Event, Transmitter};
+pub use driver::{ConnKey, Driver, Event, Flushed, Transmitter};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use quinn_proto::{
     StreamId, Transmit, VarInt,
 };
 
-use super::{ConnKey, Driver, Event, Transmitter};
+use super::{ConnKey, Driver, Event, Flushed, Transmitter};
 use crate::Config;
 
 fn server_addr() -> SocketAddr {
@@ -133,7 +133,7 @@ impl Pair {
                     );
                 }
             }
-            self.server.flush(self.now, &mut self.wire);
+            self.server.flush(self.now, &mut self.wire, usize::MAX);
             while let Some(event) = self.server.poll_event() {
                 self.events.push(event);
             }
@@ -416,8 +416,30 @@ fn datagrams_a_full_socket_refused_go_out_at_the_next_flush() {
     pair.wire.full = true;
     pair.server.write_control(key, Bytes::from_static(b"held"));
     let now = pair.now;
-    assert!(!pair.server.flush(now, &mut pair.wire));
+    assert_eq!(
+        pair.server.flush(now, &mut pair.wire, usize::MAX),
+        Flushed::SocketFull
+    );
     pair.wire.full = false;
     pair.drive();
     assert_eq!(read_all(pair.client(handle), control), b"held");
+}
+
+#[test]
+fn a_flush_polls_at_most_its_budget_and_the_rest_goes_next() {
+    let mut pair = Pair::new();
+    let clients: Vec<_> = (0..3)
+        .map(|i| pair.connect_with_control(format!("client {i}").as_bytes()))
+        .collect();
+    for (_, key, _) in &clients {
+        pair.server
+            .write_control(*key, Bytes::from_static(b"answer"));
+    }
+    let now = pair.now;
+    assert_eq!(pair.server.flush(now, &mut pair.wire, 2), Flushed::Budget);
+    assert_eq!(pair.server.flush(now, &mut pair.wire, 2), Flushed::All);
+    pair.drive();
+    for (handle, _, control) in clients {
+        assert_eq!(read_all(pair.client(handle), control), b"answer");
+    }
 }

@@ -146,8 +146,8 @@ impl TestGateway {
     }
 
     /// Every metric, as `/metrics` serves them.
-    pub fn metrics(&self) -> String {
-        self.gateway().metrics()
+    pub async fn metrics(&self) -> String {
+        self.gateway().metrics().await
     }
 
     /// The admin API's address.

@@ -1,7 +1,8 @@
 //! chat-gateway: a QUIC gateway for very large group chats.
 //!
 //! Layout (see `docs/ARCHITECTURE.md` for the whole codemap):
-//! - [`server`]: the QUIC shell — endpoint, connection tasks, push stream writer.
+//! - [`server`]: the QUIC shell — connection tasks, push stream writer.
+//! - [`quic`]: QUIC on `quinn-proto`, every connection of an endpoint on one event loop.
 //! - [`session`]: per-connection logic without sockets — request handling, delivery state.
 //! - [`node`]: this gateway's local map of connections ↔ users ↔ groups, and fan-out.
 //! - [`store`]: groups, members, group logs, cursors ([`store::EmbeddedStore`] by default).

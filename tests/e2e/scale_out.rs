@@ -317,7 +317,7 @@ async fn restarting_redis_mid_traffic_loses_nothing_acknowledged() {
     assert_eq!(texts(&receive(&bob, 1).await), ["after"]);
     // Operators see it: pub/sub was lost and resubscribed, store calls failed meanwhile.
     for gw in &gws {
-        let metrics = gw.metrics();
+        let metrics = gw.metrics().await;
         assert!(
             chat_tests::metric(&metrics, "chat_bus_resyncs_total") >= 1.0,
             "{metrics}"

@@ -262,7 +262,7 @@ impl Server {
                     self.members.remove(&conn);
                     self.closed += 1;
                 }
-                Event::ControlEnded { .. } | Event::HandshakeFailed { .. } => {}
+                Event::ControlEnded { .. } | Event::HandshakeFailed { .. } | Event::Refused { .. } => {}
             }
         }
     }

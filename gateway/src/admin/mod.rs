@@ -125,6 +125,7 @@ async fn ready(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {
+    admin.shared.refresh_quic_totals().await;
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         admin.metrics.encode(),

@@ -54,8 +54,10 @@ pub enum Event {
         conn: ConnKey,
         reason: ConnectionError,
     },
-    /// A handshake failed, or an incoming connection was refused.
+    /// A handshake failed.
     HandshakeFailed { reason: ConnectionError },
+    /// A new connection was refused (while not accepting).
+    Refused { remote: SocketAddr },
 }
 
 /// How far a [`Driver::flush`] got.
@@ -103,10 +105,10 @@ struct Conn {
     /// `Closed` was reported (or, never connected, is not to be).
     ended: bool,
     control: Option<StreamId>,
-    control_out: VecDeque<Bytes>,
+    control_out: Outbox,
     push: Option<StreamId>,
     push_wanted: bool,
-    push_out: VecDeque<Bytes>,
+    push_out: Outbox,
     timer: Option<Instant>,
     dirty: bool,
 }
@@ -173,6 +175,7 @@ impl Driver {
                 if !self.accepting {
                     let transmit = self.endpoint.refuse(incoming, &mut response);
                     tx.send(&transmit, &response[..transmit.size]);
+                    self.events.push_back(Event::Refused { remote });
                     return;
                 }
                 let config = Some(self.server_config.clone());
@@ -206,10 +209,10 @@ impl Driver {
             connected: false,
             ended: false,
             control: None,
-            control_out: VecDeque::new(),
+            control_out: Outbox::default(),
             push: None,
             push_wanted: false,
-            push_out: VecDeque::new(),
+            push_out: Outbox::default(),
             timer: None,
             dirty: false,
         });
@@ -254,7 +257,7 @@ impl Driver {
     /// Queues bytes for the control stream; false if the connection is gone.
     pub fn write_control(&mut self, key: ConnKey, bytes: Bytes) -> bool {
         self.conn_mut(key)
-            .map(|(conn, _)| conn.control_out.push_back(bytes))
+            .map(|(conn, _)| conn.control_out.push(bytes))
             .is_some()
     }
 
@@ -268,7 +271,7 @@ impl Driver {
     /// Queues a frame for the push stream; false if the connection is gone.
     pub fn write_push(&mut self, key: ConnKey, bytes: Bytes) -> bool {
         self.conn_mut(key)
-            .map(|(conn, _)| conn.push_out.push_back(bytes))
+            .map(|(conn, _)| conn.push_out.push(bytes))
             .is_some()
     }
 
@@ -278,7 +281,16 @@ impl Driver {
             .get(key.index as usize)
             .filter(|slot| slot.generation == key.generation)
             .and_then(|slot| slot.conn.as_ref())
-            .map_or(0, |conn| conn.push_out.len())
+            .map_or(0, |conn| conn.push_out.frames.len())
+    }
+
+    /// Bytes queued on the control and the push stream that the streams have not taken.
+    pub fn unsent_bytes(&self, key: ConnKey) -> (usize, usize) {
+        self.slots
+            .get(key.index as usize)
+            .filter(|slot| slot.generation == key.generation)
+            .and_then(|slot| slot.conn.as_ref())
+            .map_or((0, 0), |conn| (conn.control_out.bytes, conn.push_out.bytes))
     }
 
     pub fn stats(&self, key: ConnKey) -> Option<ConnectionStats> {
@@ -462,13 +474,28 @@ fn write_streams(conn: &mut Conn) {
     }
 }
 
-fn write_queued(inner: &mut quinn_proto::Connection, id: StreamId, queue: &mut VecDeque<Bytes>) {
-    while !queue.is_empty() {
-        let (front, _) = queue.as_mut_slices();
+/// Frames for one stream that it has not taken yet.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+}
+
+fn write_queued(inner: &mut quinn_proto::Connection, id: StreamId, queue: &mut Outbox) {
+    while !queue.frames.is_empty() {
+        let (front, _) = queue.frames.as_mut_slices();
         let offered = front.len();
         match inner.send_stream(id).write_chunks(front) {
             Ok(written) => {
-                queue.drain(..written.chunks);
+                queue.bytes -= written.bytes;
+                queue.frames.drain(..written.chunks);
                 if written.chunks < offered {
                     return;
                 }
@@ -477,7 +504,7 @@ fn write_queued(inner: &mut quinn_proto::Connection, id: StreamId, queue: &mut V
             // polled then). Stopped or closed: the connection is ending anyway.
             Err(quinn_proto::WriteError::Blocked) => return,
             Err(_) => {
-                queue.clear();
+                *queue = Outbox::default();
                 return;
             }
         }

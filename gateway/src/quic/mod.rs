@@ -2,13 +2,14 @@
 //! quinn's task per connection (docs/BENCHMARKS.md, twelfth set).
 //!
 //! [`Driver`] is the sans-IO core: datagrams and time in, datagrams and [`Event`]s out,
-//! testable without sockets. Not yet what [`crate::server`] runs on: the server still
-//! drives its connections with quinn; moving it here is the next step of the fan-out
-//! work (the socket loop, and the pusher writing from inside it).
+//! testable without sockets. [`Endpoint`] runs it on a socket in one task; the server's
+//! connection tasks hold a [`Link`] each.
 
 mod driver;
+mod endpoint;
 
 pub use driver::{ConnKey, Driver, Event, Flushed, Transmitter};
+pub use endpoint::{Accepted, Closed, Endpoint, Link, QuicTotals};
 
 #[cfg(test)]
 mod tests;

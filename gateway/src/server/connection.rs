@@ -8,12 +8,12 @@ use chat_protocol::{
     AckPolicy, DecodeError, ErrorCode, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION,
     valid_id,
 };
-use futures_util::FutureExt;
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn::VarInt;
 
 use super::{Shared, pusher};
 use crate::config::Background;
 use crate::node::{ConnId, Control};
+use crate::quic::Link;
 use crate::store::{Membership, Store, StoreError};
 
 /// How long a leaving connection's last ACKs may take to apply.
@@ -34,8 +34,8 @@ impl Refusal {
         }
     }
 
-    fn close(&self, connection: &Connection) {
-        connection.close(VarInt::from_u32(self.code.0.into()), self.reason.as_bytes());
+    fn close(&self, link: &Link) {
+        link.close(VarInt::from_u32(self.code.0.into()), self.reason.as_bytes());
     }
 }
 
@@ -58,25 +58,14 @@ fn classify(error: DecodeError) -> Result<Frame, Refusal> {
     })
 }
 
-/// An authenticated connection's control stream.
+/// An authenticated connection, and what its control stream had past the Hello.
 struct Session {
     user: String,
     device: String,
-    send: SendStream,
-    recv: RecvStream,
     decoder: FrameDecoder,
 }
 
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(error) => {
-            tracing::debug!(%error, "handshake failed");
-            shared.metrics.reject("handshake_failed");
-            return;
-        }
-    };
-    let _counted = shared.quic.track(&connection);
+pub(crate) async fn serve(connection: Link, shared: Arc<Shared>) {
     let remote = connection.remote_address();
     let hello_timeout = Duration::from_secs(shared.config.transport.hello_timeout_s);
     // Steps that run once or now and then are boxed: a future holds the largest state of
@@ -118,7 +107,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
 }
 
 /// How a connection the gateway did not close itself ended: a label for metrics and logs.
-fn ended_by(connection: &Connection) -> &'static str {
+fn ended_by(connection: &Link) -> &'static str {
     match connection.close_reason() {
         None | Some(quinn::ConnectionError::ApplicationClosed(_)) => "client_closed",
         Some(quinn::ConnectionError::TimedOut) => "idle_timeout",
@@ -128,13 +117,7 @@ fn ended_by(connection: &Connection) -> &'static str {
     }
 }
 
-async fn handshake(connection: &Connection, shared: &Shared) -> Result<Session, Refusal> {
-    let (send, mut recv) = connection.accept_bi().await.map_err(|e| {
-        Refusal::new(
-            ErrorCode::PROTOCOL_VIOLATION,
-            format!("no control stream: {e}"),
-        )
-    })?;
+async fn handshake(connection: &Link, shared: &Shared) -> Result<Session, Refusal> {
     let mut decoder = FrameDecoder::new();
     let frame = loop {
         match decoder.next_frame() {
@@ -152,9 +135,9 @@ async fn handshake(connection: &Connection, shared: &Shared) -> Result<Session, 
                 ));
             }
         }
-        match recv.read_chunk(MAX_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
-            _ => {
+        match connection.read_control().await {
+            Some(bytes) => decoder.extend(&bytes),
+            None => {
                 return Err(Refusal::new(
                     ErrorCode::PROTOCOL_VIOLATION,
                     "control stream ended before Hello",
@@ -200,8 +183,6 @@ async fn handshake(connection: &Connection, shared: &Shared) -> Result<Session, 
     Ok(Session {
         user,
         device,
-        send,
-        recv,
         decoder,
     })
 }
@@ -239,16 +220,10 @@ async fn resume(
 }
 
 /// Registers the connection, welcomes it and runs it until it ends.
-async fn run(
-    connection: &Connection,
-    shared: &Arc<Shared>,
-    session: Session,
-) -> Result<(), Refusal> {
+async fn run(connection: &Link, shared: &Arc<Shared>, session: Session) -> Result<(), Refusal> {
     let Session {
         user,
         device,
-        send,
-        recv,
         decoder,
     } = session;
     let node = &shared.node;
@@ -257,26 +232,22 @@ async fn run(
         .map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
-        let start = welcome(connection, shared, &user, &device, send, groups);
-        let Welcomed {
-            resume,
-            policies,
-            send,
-            push_stream,
-        } = Box::pin(start).await?;
+        let start = welcome(connection, shared, &user, &device, groups);
+        let Welcomed { resume, policies } = Box::pin(start).await?;
         let control_tx = attached.control_tx.clone();
         // The pusher is a task of its own: a push wakes only it, an ACK only the control
         // loop, with no second layer of wakers in between.
         let mut pusher = AbortOnDrop(tokio::spawn({
             let (shared, user, device) = (shared.clone(), user.clone(), device.clone());
+            let link = connection.clone();
             async move {
                 let pusher =
                     pusher::Pusher::new(&shared, &user, &device, &resume, policies, attached);
                 drop(resume);
-                pusher.run(push_stream).await
+                pusher.run(&link).await
             }
         }));
-        let control = control_loop(shared, &user, id, send, recv, decoder, control_tx.clone());
+        let control = control_loop(shared, &user, id, connection, decoder, control_tx.clone());
         tokio::select! {
             result = control => {
                 // The client is leaving: let the pusher apply the ACKs that came before.
@@ -302,22 +273,19 @@ fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
     )
 }
 
-/// A connection past `Welcome`, ready to serve.
+/// A connection past `Welcome` (its push stream open), ready to serve.
 struct Welcomed {
     resume: pusher::Resume,
     policies: (AckPolicy, AckPolicy),
-    send: SendStream,
-    push_stream: SendStream,
 }
 
 /// Reads where delivery resumes, asks the plugins for the ACK policies, sends `Welcome`
 /// and opens the push stream.
 async fn welcome(
-    connection: &Connection,
+    connection: &Link,
     shared: &Shared,
     user: &str,
     device: &str,
-    mut send: SendStream,
     groups: Vec<Membership>,
 ) -> Result<Welcomed, Refusal> {
     let node = &shared.node;
@@ -332,16 +300,12 @@ async fn welcome(
         catch_up_ack: policies.1,
         max_frame_len: MAX_FRAME_LEN as u32,
     };
-    send.write_all(&welcome.encode())
+    connection
+        .write_control(welcome.encode())
         .await
         .map_err(|_| gone())?;
-    let push_stream = connection.open_uni().await.map_err(|_| gone())?;
-    Ok(Welcomed {
-        resume,
-        policies,
-        send,
-        push_stream,
-    })
+    connection.open_push().map_err(|_| gone())?;
+    Ok(Welcomed { resume, policies })
 }
 
 /// Aborts the task when dropped: a connection's pusher never outlives its connection.
@@ -364,8 +328,7 @@ async fn control_loop(
     shared: &Shared,
     user: &str,
     conn: ConnId,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    link: &Link,
     mut decoder: FrameDecoder,
     control: tokio::sync::mpsc::UnboundedSender<Control>,
 ) -> Result<(), Refusal> {
@@ -409,22 +372,25 @@ async fn control_loop(
             }
         }
         answer_all(shared, user, pending, &mut out).await;
-        if !out.is_empty() && send.write_all(&out).await.is_err() {
+        if !out.is_empty()
+            && link
+                .write_control(std::mem::take(&mut out).into())
+                .await
+                .is_err()
+        {
             return Ok(());
         }
-        out.clear();
-        match recv.read_chunk(MAX_FRAME_LEN, true).await {
-            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+        match link.read_control().await {
+            Some(bytes) => decoder.extend(&bytes),
             // The client finished or reset its stream, or the connection closed: a normal end.
-            Ok(None) | Err(_) => return Ok(()),
+            None => return Ok(()),
         }
         // A chunk is one packet's worth: take whatever else has arrived too, so that a
         // pipelining client's requests are answered (and its sends stored) together.
-        // (`read_chunk` is cancel-safe; an end of stream is seen on the next turn.)
         while decoder.buffered() < MAX_FRAME_LEN {
-            match recv.read_chunk(MAX_FRAME_LEN, true).now_or_never() {
-                Some(Ok(Some(chunk))) => decoder.extend(&chunk.bytes),
-                _ => break,
+            match link.try_read_control() {
+                Some(bytes) => decoder.extend(&bytes),
+                None => break,
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The QUIC shell: a quinn endpoint, one task per connection. Protocol decisions live in
+//! The QUIC shell: the endpoint loop (`crate::quic`), one task per connection. Protocol decisions live in
 //! `session` and `node`; this module only moves bytes between them and the sockets.
 
 mod connection;
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_protocol::{ALPN, Frame};
-use quinn::{Endpoint, ServerConfig, VarInt};
-use tokio::sync::watch;
+use quinn::{ServerConfig, VarInt};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::auth::TokenAuthority;
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::{Control, Node};
 use crate::plugins::{PluginError, PluginSpec, Plugins};
+use crate::quic::{Accepted, Endpoint};
 use crate::session::Publisher;
 use crate::store::{EmbeddedStore, Metered, RedisStore, Store, StoreError, StoreMetrics};
 use crate::tls::{Identity, TlsError, load_identity};
@@ -67,14 +68,14 @@ pub(crate) struct Shared {
     pub auth: TokenAuthority,
     pub config: Config,
     pub metrics: ServerMetrics,
-    /// Every connection's QUIC transport counters, summed when read.
+    /// Every connection's QUIC transport counters, as last read from the endpoint.
     pub quic: Arc<quic_stats::QuicStats>,
     pub store_metrics: StoreMetrics,
     /// Every connection's delivery cursors, written together.
     pub cursors: Arc<cursors::Cursors>,
     /// Running, draining (new connections refused), or drained.
     pub drain: watch::Sender<DrainState>,
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
 }
 
 /// Where a gateway is in its life.
@@ -101,6 +102,7 @@ impl Shared {
     /// is left. Returns how many connections were still open at the end.
     pub async fn drain(&self, deadline: Duration) -> usize {
         let mut state = self.drain.subscribe();
+        self.endpoint.set_accepting(false);
         let first = self.drain.send_if_modified(|s| {
             let serving = *s == DrainState::Serving;
             if serving {
@@ -144,9 +146,16 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Reads the transport counters of every connection into `quic`, for `/metrics`.
+    pub async fn refresh_quic_totals(&self) {
+        self.quic.set(self.endpoint.totals().await);
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
-    endpoint: Endpoint,
+    endpoint: Arc<Endpoint>,
     shared: Arc<Shared>,
     cert_path: PathBuf,
     tasks: JoinSet<()>,
@@ -189,10 +198,12 @@ impl Gateway {
         let node = Node::new(store, bus, plugins, publisher, config.delivery.queue);
         let cert_path = identity.cert_path.clone();
         let server_config = server_config(identity, &config)?;
-        let endpoint = bind(&config, server_config).map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (endpoint, accepted) =
+            bind(&config, server_config).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let endpoint = Arc::new(endpoint);
         let shared = Arc::new(Shared {
             node: node.clone(),
             auth,
@@ -228,7 +239,7 @@ impl Gateway {
             Arc::downgrade(&shared.cursors),
             shared.config.flush_policy().every,
         ));
-        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tasks.spawn(accept_loop(accepted, shared.clone()));
         Ok(Gateway {
             endpoint,
             shared,
@@ -240,9 +251,7 @@ impl Gateway {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint
-            .local_addr()
-            .expect("bound endpoint has an address")
+        self.endpoint.local_addr()
     }
 
     /// The certificate clients verify the gateway against.
@@ -269,7 +278,8 @@ impl Gateway {
     }
 
     /// Every metric, in the Prometheus text format (what `/metrics` serves).
-    pub fn metrics(&self) -> String {
+    pub async fn metrics(&self) -> String {
+        self.shared.refresh_quic_totals().await;
         self.metrics.encode()
     }
 
@@ -319,19 +329,20 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+async fn accept_loop(mut accepted: mpsc::UnboundedReceiver<Accepted>, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            incoming = endpoint.accept() => match incoming {
+            next = accepted.recv() => match next {
+                Some(Accepted::Link(link)) => {
+                    connections.spawn(connection::serve(link, shared.clone()));
+                }
+                Some(Accepted::HandshakeFailed(error)) => {
+                    tracing::debug!(%error, "handshake failed");
+                    shared.metrics.reject("handshake_failed");
+                }
                 // A draining gateway takes no one new: clients try their next gateway.
-                Some(incoming) if shared.draining() => {
-                    shared.metrics.reject("draining");
-                    incoming.refuse();
-                }
-                Some(incoming) => {
-                    connections.spawn(connection::serve(incoming, shared.clone()));
-                }
+                Some(Accepted::Refused) => shared.metrics.reject("draining"),
                 None => break,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -342,7 +353,10 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
 }
 
 /// The endpoint on its UDP socket, with the socket buffers fan-out bursts need.
-fn bind(config: &Config, server_config: ServerConfig) -> std::io::Result<Endpoint> {
+fn bind(
+    config: &Config,
+    server_config: ServerConfig,
+) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<Accepted>)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(config.listen),
@@ -357,11 +371,10 @@ fn bind(config: &Config, server_config: ServerConfig) -> std::io::Result<Endpoin
         socket.set_only_v6(false)?;
     }
     socket.bind(&config.listen.into())?;
-    Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
+    Endpoint::start(
         socket.into(),
-        Arc::new(quinn::TokioRuntime),
+        quinn::EndpointConfig::default(),
+        Arc::new(server_config),
     )
 }
 

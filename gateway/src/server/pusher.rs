@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_protocol::{AckPolicy, ErrorCode, Frame, GroupActivity, Message, encode_push};
-use quinn::SendStream;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -18,6 +17,7 @@ use super::cursors::DeviceCursors;
 use super::stats::ServerMetrics;
 use crate::node::{Attached, ConnFlags, Control, GroupFocus, Push};
 use crate::plugins::Plugins;
+use crate::quic::Link;
 use crate::session::RequestError;
 use crate::session::visibility::render;
 use crate::session::{Delivery, Offer};
@@ -180,14 +180,14 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    pub(crate) async fn run(mut self, mut stream: SendStream) -> Result<(), Refusal> {
-        let result = self.serve(&mut stream).await;
+    pub(crate) async fn run(mut self, link: &Link) -> Result<(), Refusal> {
+        let result = self.serve(link).await;
         // A device reconnecting elsewhere right away resumes from what this one acknowledged.
         Box::pin(self.cursors.flush()).await;
         result
     }
 
-    async fn serve(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+    async fn serve(&mut self, link: &Link) -> Result<(), Refusal> {
         if self.unsynced.is_empty() {
             // In sync from the start: written while connecting. Not at the first ACK: the
             // sync point waits for a store write, and 5,000 connections acknowledging their
@@ -200,7 +200,7 @@ impl<'a> Pusher<'a> {
             if self.delivery.has_behind() {
                 Box::pin(self.catch_up()).await;
             }
-            self.flush(stream).await?;
+            self.flush(link).await?;
             let deadline = [
                 self.delivery.next_deadline(),
                 self.retry_catch_up_at,
@@ -466,7 +466,7 @@ impl<'a> Pusher<'a> {
         }
     }
 
-    async fn flush(&mut self, stream: &mut SendStream) -> Result<(), Refusal> {
+    async fn flush(&mut self, link: &Link) -> Result<(), Refusal> {
         let release = |at: Option<Instant>| at.is_some_and(|at| at <= Instant::now());
         if release(self.activity_at) {
             self.report_activity(Instant::now());
@@ -478,13 +478,10 @@ impl<'a> Pusher<'a> {
         if self.out.is_empty() {
             return Ok(());
         }
-        stream
-            .write_all_chunks(&mut self.out)
-            .await
-            .map_err(|e| Refusal {
-                code: ErrorCode::INTERNAL,
-                reason: format!("push stream failed: {e}"),
-            })?;
+        link.write_push(&mut self.out).await.map_err(|e| Refusal {
+            code: ErrorCode::INTERNAL,
+            reason: format!("push stream failed: {e}"),
+        })?;
         self.out.clear();
         if let Some(oldest) = self.oldest_live.take() {
             self.metrics

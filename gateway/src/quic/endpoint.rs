@@ -1,0 +1,552 @@
+//! The socket loop around the [`Driver`], and [`Link`]: one connection as the gateway's
+//! tasks see it.
+//!
+//! One task owns the socket and the driver. Tasks talk to it through one channel of
+//! [`Command`]s (a write wakes the loop once for however many arrive together, not a
+//! task per connection), and it answers through each link's shared state: control bytes
+//! to read, how much of a stream's queue is still unsent, how the connection ended.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn::udp::{RecvMeta, UdpSocketState};
+use quinn_proto::{
+    ConnectionError, ConnectionStats, EcnCodepoint, EndpointConfig, ServerConfig, VarInt,
+};
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ConnKey, Driver, Event, Flushed, Transmitter};
+
+/// Bytes per receive slot: a GRO batch of full datagrams.
+const RX_CHUNK: usize = 64 * 1024;
+/// Connections flushed between two socket reads, so the socket does not overflow while a
+/// fan-out goes out to ten thousand streams.
+const FLUSH_BUDGET: usize = 256;
+/// Unsent bytes of a stream past which its writer waits (about what quinn's send window
+/// held back before).
+const STREAM_QUEUE_LIMIT: usize = 256 * 1024;
+
+/// Transport counters over connections, open and closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuicTotals {
+    pub datagrams_sent: u64,
+    /// System calls that sent them (one per datagram without GSO, fewer with it).
+    pub send_calls: u64,
+    pub bytes_sent: u64,
+    pub datagrams_received: u64,
+    pub bytes_received: u64,
+    pub packets_lost: u64,
+    pub congestion_events: u64,
+}
+
+impl QuicTotals {
+    fn add(&mut self, stats: &ConnectionStats) {
+        self.datagrams_sent += stats.udp_tx.datagrams;
+        self.send_calls += stats.udp_tx.ios;
+        self.bytes_sent += stats.udp_tx.bytes;
+        self.datagrams_received += stats.udp_rx.datagrams;
+        self.bytes_received += stats.udp_rx.bytes;
+        self.packets_lost += stats.path.lost_packets;
+        self.congestion_events += stats.path.congestion_events;
+    }
+}
+
+/// A new connection, or one that did not become one.
+pub enum Accepted {
+    Link(Link),
+    HandshakeFailed(ConnectionError),
+    /// Refused while not accepting (draining).
+    Refused,
+}
+
+enum Command {
+    WriteControl(ConnKey, Bytes),
+    OpenPush(ConnKey),
+    WritePush(ConnKey, Vec<Bytes>),
+    Close(ConnKey, VarInt, Bytes),
+    Accepting(bool),
+    CloseAll(VarInt, Bytes),
+    Totals(oneshot::Sender<QuicTotals>),
+    /// The endpoint handle is gone: send what is queued, then end.
+    Stop,
+}
+
+/// The handle to a running endpoint loop.
+pub struct Endpoint {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    /// Open connections, as the loop last counted them.
+    open: watch::Receiver<usize>,
+}
+
+impl Endpoint {
+    /// Starts the loop on `socket` (bound, any buffers set); new connections arrive on
+    /// the returned receiver once their handshake completes.
+    pub fn start(
+        socket: std::net::UdpSocket,
+        endpoint_config: EndpointConfig,
+        server_config: Arc<ServerConfig>,
+    ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<Accepted>)> {
+        socket.set_nonblocking(true)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let local_addr = socket.local_addr()?;
+        let driver = Driver::new(endpoint_config, server_config, state.max_gso_segments());
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (accepted_tx, accepted) = mpsc::unbounded_channel();
+        let (open_tx, open) = watch::channel(0);
+        let run = Loop {
+            driver,
+            udp: Udp { socket, state },
+            links: HashMap::new(),
+            waiting: Vec::new(),
+            commands: command_rx,
+            own: commands.clone(),
+            accepted: accepted_tx,
+            open: open_tx,
+            closed: QuicTotals::default(),
+            rx: (
+                vec![0; quinn::udp::BATCH_SIZE * RX_CHUNK],
+                vec![RecvMeta::default(); quinn::udp::BATCH_SIZE],
+            ),
+        };
+        tokio::spawn(run.run());
+        Ok((
+            Endpoint {
+                commands,
+                local_addr,
+                open,
+            },
+            accepted,
+        ))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// While false, new connections are refused (a draining gateway).
+    pub fn set_accepting(&self, accepting: bool) {
+        let _ = self.commands.send(Command::Accepting(accepting));
+    }
+
+    /// Closes every connection with `code` and `reason`, and refuses new ones.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        let _ = self.commands.send(Command::Accepting(false));
+        let _ = self
+            .commands
+            .send(Command::CloseAll(code, Bytes::copy_from_slice(reason)));
+    }
+
+    /// Waits until no connection is open or closing (or the loop ended).
+    pub async fn wait_idle(&self) {
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|&n| n == 0).await;
+    }
+
+    /// Transport counters of every connection so far, open and closed.
+    pub async fn totals(&self) -> QuicTotals {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Totals(tx));
+        rx.await.unwrap_or_default()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::CloseAll(
+            VarInt::from_u32(0),
+            Bytes::from_static(b"endpoint dropped"),
+        ));
+        let _ = self.commands.send(Command::Stop);
+    }
+}
+
+/// One connection for the gateway's tasks: its control stream to read and write, its
+/// push stream to write, its close. Clones share the connection.
+#[derive(Clone)]
+pub struct Link {
+    key: ConnKey,
+    remote: SocketAddr,
+    shared: Arc<Mutex<LinkState>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    control_in: std::collections::VecDeque<Bytes>,
+    control_ended: bool,
+    closed: Option<ConnectionError>,
+    reader: Option<Waker>,
+    /// Bytes queued for each stream and not yet taken by it, and who waits for room.
+    control_unsent: usize,
+    push_unsent: usize,
+    control_writer: Option<Waker>,
+    push_writer: Option<Waker>,
+}
+
+impl LinkState {
+    fn wake_all(&mut self) {
+        for waker in [
+            self.reader.take(),
+            self.control_writer.take(),
+            self.push_writer.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            waker.wake();
+        }
+    }
+}
+
+/// The connection is gone.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("connection closed: {0}")]
+pub struct Closed(pub ConnectionError);
+
+impl Link {
+    pub fn remote_address(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// How the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.state().closed.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.shared.lock().expect("link state lock")
+    }
+
+    /// The next bytes of the control stream; `None` once the client finished it or the
+    /// connection closed.
+    pub async fn read_control(&self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state();
+            if let Some(bytes) = state.control_in.pop_front() {
+                return Poll::Ready(Some(bytes));
+            }
+            if state.control_ended || state.closed.is_some() {
+                return Poll::Ready(None);
+            }
+            state.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Control bytes that have arrived already, without waiting.
+    pub fn try_read_control(&self) -> Option<Bytes> {
+        self.state().control_in.pop_front()
+    }
+
+    /// Queues `bytes` on the control stream, waiting while too much is unsent.
+    pub async fn write_control(&self, bytes: Bytes) -> Result<(), Closed> {
+        self.room(Stream::Control).await?;
+        self.state().control_unsent += bytes.len();
+        self.send(Command::WriteControl(self.key, bytes))
+    }
+
+    /// Opens the push stream (the client sees it with its first bytes).
+    pub fn open_push(&self) -> Result<(), Closed> {
+        self.send(Command::OpenPush(self.key))
+    }
+
+    /// Queues `frames` on the push stream (taking them), waiting while too much is unsent.
+    pub async fn write_push(&self, frames: &mut Vec<Bytes>) -> Result<(), Closed> {
+        self.room(Stream::Push).await?;
+        let bytes = frames.iter().map(Bytes::len).sum::<usize>();
+        self.state().push_unsent += bytes;
+        self.send(Command::WritePush(self.key, std::mem::take(frames)))
+    }
+
+    /// Closes the connection with an application `code` and `reason`.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        let _ = self.send(Command::Close(
+            self.key,
+            code,
+            Bytes::copy_from_slice(reason),
+        ));
+    }
+
+    fn send(&self, command: Command) -> Result<(), Closed> {
+        if let Some(reason) = self.close_reason() {
+            return Err(Closed(reason));
+        }
+        self.commands
+            .send(command)
+            .map_err(|_| Closed(ConnectionError::LocallyClosed))
+    }
+
+    async fn room(&self, stream: Stream) -> Result<(), Closed> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state();
+            if let Some(reason) = &state.closed {
+                return Poll::Ready(Err(Closed(reason.clone())));
+            }
+            let (unsent, writer) = match stream {
+                Stream::Control => (state.control_unsent, &mut state.control_writer),
+                Stream::Push => (state.push_unsent, &mut state.push_writer),
+            };
+            if unsent < STREAM_QUEUE_LIMIT {
+                return Poll::Ready(Ok(()));
+            }
+            *writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Control,
+    Push,
+}
+
+/// The socket, as the driver's way out.
+struct Udp {
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+}
+
+impl Transmitter for Udp {
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
+        let transmit = quinn::udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
+            contents,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        let sent = self.socket.try_io(Interest::WRITABLE, || {
+            self.state.send((&self.socket).into(), &transmit)
+        });
+        // Other errors lose the datagram, as quinn does: QUIC sends it again.
+        !matches!(sent, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+struct Loop {
+    driver: Driver,
+    udp: Udp,
+    links: HashMap<ConnKey, Arc<Mutex<LinkState>>>,
+    /// Links with bytes their streams have not taken yet, checked after each flush.
+    waiting: Vec<ConnKey>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// For the links it hands out.
+    own: mpsc::UnboundedSender<Command>,
+    accepted: mpsc::UnboundedSender<Accepted>,
+    open: watch::Sender<usize>,
+    /// What connections that ended had counted.
+    closed: QuicTotals,
+    rx: (Vec<u8>, Vec<RecvMeta>),
+}
+
+impl Loop {
+    async fn run(mut self) {
+        let mut commands = Vec::new();
+        let mut stopping = false;
+        loop {
+            self.receive();
+            self.driver.handle_timeouts(Instant::now());
+            for command in commands.drain(..) {
+                stopping |= matches!(command, Command::Stop);
+                self.apply(command);
+            }
+            let flushed = loop {
+                let flushed = self
+                    .driver
+                    .flush(Instant::now(), &mut self.udp, FLUSH_BUDGET);
+                self.events();
+                if flushed != Flushed::Budget {
+                    break flushed;
+                }
+                self.receive();
+            };
+            self.wake_writers();
+            let open = self.driver.connections();
+            self.open
+                .send_if_modified(|n| std::mem::replace(n, open) != open);
+            if stopping {
+                // The closes are out; the socket goes with this task.
+                return;
+            }
+            let deadline = self
+                .driver
+                .next_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = self.udp.socket.writable(), if flushed == Flushed::SocketFull => {}
+                _ = self.udp.socket.readable() => {}
+                _ = self.commands.recv_many(&mut commands, 1024) => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+
+    fn receive(&mut self) {
+        let (storage, metas) = &mut self.rx;
+        // A bounded number of batches per turn, so timers and sends keep their turn.
+        for _ in 0..16 {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.chunks_mut(RX_CHUNK).map(IoSliceMut::new).collect();
+            let received = self.udp.socket.try_io(Interest::READABLE, || {
+                self.udp
+                    .state
+                    .recv((&self.udp.socket).into(), &mut bufs, metas)
+            });
+            let Ok(count) = received else { return };
+            let now = Instant::now();
+            for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
+                let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+                for segment in buf[..meta.len].chunks(meta.stride.max(1)) {
+                    self.driver.handle_datagram(
+                        now,
+                        meta.addr,
+                        meta.dst_ip,
+                        ecn,
+                        BytesMut::from(segment),
+                        &mut self.udp,
+                    );
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::WriteControl(key, bytes) => {
+                self.driver.write_control(key, bytes);
+                self.waiting.push(key);
+            }
+            Command::OpenPush(key) => {
+                self.driver.open_push(key);
+            }
+            Command::WritePush(key, frames) => {
+                for frame in frames {
+                    self.driver.write_push(key, frame);
+                }
+                self.waiting.push(key);
+            }
+            Command::Close(key, code, reason) => {
+                self.driver.close(Instant::now(), key, code, &reason);
+            }
+            Command::Accepting(accepting) => self.driver.set_accepting(accepting),
+            Command::CloseAll(code, reason) => {
+                self.driver.set_accepting(false);
+                let now = Instant::now();
+                for key in self.links.keys().copied().collect::<Vec<_>>() {
+                    self.driver.close(now, key, code, &reason);
+                }
+            }
+            Command::Stop => {}
+            Command::Totals(reply) => {
+                let mut totals = self.closed;
+                for key in self.links.keys() {
+                    if let Some(stats) = self.driver.stats(*key) {
+                        totals.add(&stats);
+                    }
+                }
+                let _ = reply.send(totals);
+            }
+        }
+    }
+
+    fn events(&mut self) {
+        while let Some(event) = self.driver.poll_event() {
+            match event {
+                Event::Connected { conn, remote } => {
+                    let shared = Arc::new(Mutex::new(LinkState::default()));
+                    self.links.insert(conn, shared.clone());
+                    let link = Link {
+                        key: conn,
+                        remote,
+                        shared,
+                        commands: self.own.clone(),
+                    };
+                    if self.accepted.send(Accepted::Link(link)).is_err() {
+                        // Nobody accepts any more (the gateway is stopping).
+                        self.driver.close(
+                            Instant::now(),
+                            conn,
+                            VarInt::from_u32(0),
+                            b"not accepting",
+                        );
+                    }
+                }
+                Event::Control { conn, bytes } => {
+                    if let Some(shared) = self.links.get(&conn) {
+                        let mut state = shared.lock().expect("link state lock");
+                        state.control_in.push_back(bytes);
+                        if let Some(reader) = state.reader.take() {
+                            reader.wake();
+                        }
+                    }
+                }
+                Event::ControlEnded { conn } => {
+                    if let Some(shared) = self.links.get(&conn) {
+                        let mut state = shared.lock().expect("link state lock");
+                        state.control_ended = true;
+                        if let Some(reader) = state.reader.take() {
+                            reader.wake();
+                        }
+                    }
+                }
+                Event::Closed { conn, reason } => {
+                    if let Some(stats) = self.driver.stats(conn) {
+                        self.closed.add(&stats);
+                    }
+                    if let Some(shared) = self.links.remove(&conn) {
+                        let mut state = shared.lock().expect("link state lock");
+                        state.closed = Some(reason);
+                        state.wake_all();
+                    }
+                }
+                Event::HandshakeFailed { reason } => {
+                    let _ = self.accepted.send(Accepted::HandshakeFailed(reason));
+                }
+                Event::Refused { .. } => {
+                    let _ = self.accepted.send(Accepted::Refused);
+                }
+            }
+        }
+    }
+
+    /// Tells each link with unsent bytes how much its streams still hold, waking a writer
+    /// once there is room; links whose streams took everything leave the list.
+    fn wake_writers(&mut self) {
+        let (driver, links) = (&self.driver, &self.links);
+        self.waiting.sort_unstable();
+        self.waiting.dedup();
+        self.waiting.retain(|key| {
+            let Some(shared) = links.get(key) else {
+                return false;
+            };
+            let (control, push) = driver.unsent_bytes(*key);
+            let mut state = shared.lock().expect("link state lock");
+            state.control_unsent = control;
+            state.push_unsent = push;
+            if control < STREAM_QUEUE_LIMIT
+                && let Some(writer) = state.control_writer.take()
+            {
+                writer.wake();
+            }
+            if push < STREAM_QUEUE_LIMIT
+                && let Some(writer) = state.push_writer.take()
+            {
+                writer.wake();
+            }
+            control + push > 0
+        });
+    }
+}

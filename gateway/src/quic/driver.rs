@@ -82,6 +82,8 @@ pub struct Driver {
     server_config: Arc<ServerConfig>,
     accepting: bool,
     slots: Vec<Slot>,
+    /// Slots holding a connection.
+    live: usize,
     /// Connections touched since they were last polled, in the order they were.
     dirty: VecDeque<usize>,
     timers: BTreeSet<(Instant, usize)>,
@@ -130,6 +132,7 @@ impl Driver {
             server_config,
             accepting: true,
             slots: Vec::new(),
+            live: 0,
             dirty: VecDeque::new(),
             timers: BTreeSet::new(),
             events: VecDeque::new(),
@@ -146,7 +149,7 @@ impl Driver {
 
     /// Connections open or closing.
     pub fn connections(&self) -> usize {
-        self.slots.iter().filter(|s| s.conn.is_some()).count()
+        self.live
     }
 
     /// One received datagram (one GRO segment). Stateless answers (version negotiation,
@@ -204,6 +207,7 @@ impl Driver {
         }
         let slot = &mut self.slots[handle.0];
         slot.generation = slot.generation.wrapping_add(1);
+        self.live += 1;
         let conn = slot.conn.insert(Conn {
             inner,
             connected: false,
@@ -421,6 +425,7 @@ impl Driver {
                 self.timers.remove(&(old, index));
             }
             self.slots[index].conn = None;
+            self.live -= 1;
         }
         true
     }

@@ -6,7 +6,7 @@
 //! task per connection), and it answers through each link's shared state: control bytes
 //! to read, how much of a stream's queue is still unsent, how the connection ended.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -106,6 +106,7 @@ impl Endpoint {
             udp: Udp { socket, state },
             links: HashMap::new(),
             waiting: Vec::new(),
+            listed: HashSet::new(),
             commands: command_rx,
             own: commands.clone(),
             accepted: accepted_tx,
@@ -340,8 +341,10 @@ struct Loop {
     driver: Driver,
     udp: Udp,
     links: HashMap<ConnKey, Arc<Mutex<LinkState>>>,
-    /// Links with bytes their streams have not taken yet, checked after each flush.
+    /// Links with bytes their streams have not taken yet, checked after each flush
+    /// (`listed` keeps each in it once).
     waiting: Vec<ConnKey>,
+    listed: HashSet<ConnKey>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// For the links it hands out.
     own: mpsc::UnboundedSender<Command>,
@@ -427,7 +430,7 @@ impl Loop {
         match command {
             Command::WriteControl(key, bytes) => {
                 self.driver.write_control(key, bytes);
-                self.waiting.push(key);
+                self.list(key);
             }
             Command::OpenPush(key) => {
                 self.driver.open_push(key);
@@ -436,7 +439,7 @@ impl Loop {
                 for frame in frames {
                     self.driver.write_push(key, frame);
                 }
-                self.waiting.push(key);
+                self.list(key);
             }
             Command::Close(key, code, reason) => {
                 self.driver.close(Instant::now(), key, code, &reason);
@@ -525,11 +528,10 @@ impl Loop {
     /// Tells each link with unsent bytes how much its streams still hold, waking a writer
     /// once there is room; links whose streams took everything leave the list.
     fn wake_writers(&mut self) {
-        let (driver, links) = (&self.driver, &self.links);
-        self.waiting.sort_unstable();
-        self.waiting.dedup();
+        let (driver, links, listed) = (&self.driver, &self.links, &mut self.listed);
         self.waiting.retain(|key| {
             let Some(shared) = links.get(key) else {
+                listed.remove(key);
                 return false;
             };
             let (control, push) = driver.unsent_bytes(*key);
@@ -546,7 +548,17 @@ impl Loop {
             {
                 writer.wake();
             }
-            control + push > 0
+            let keep = control + push > 0;
+            if !keep {
+                listed.remove(key);
+            }
+            keep
         });
+    }
+
+    fn list(&mut self, key: ConnKey) {
+        if self.listed.insert(key) {
+            self.waiting.push(key);
+        }
     }
 }

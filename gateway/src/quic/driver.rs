@@ -107,6 +107,11 @@ struct Conn {
     /// `Closed` was reported (or, never connected, is not to be).
     ended: bool,
     control: Option<StreamId>,
+    /// The caller holds enough unread control bytes: leave the rest in the stream, so
+    /// its flow control holds the client back.
+    control_paused: bool,
+    /// Read the control stream at the next poll (it may hold bytes left while paused).
+    control_unread: bool,
     control_out: Outbox,
     push: Option<StreamId>,
     push_wanted: bool,
@@ -213,6 +218,8 @@ impl Driver {
             connected: false,
             ended: false,
             control: None,
+            control_paused: false,
+            control_unread: false,
             control_out: Outbox::default(),
             push: None,
             push_wanted: false,
@@ -277,6 +284,15 @@ impl Driver {
         self.conn_mut(key)
             .map(|(conn, _)| conn.push_out.push(bytes))
             .is_some()
+    }
+
+    /// Stops (or resumes) reading the control stream: while paused, what the client
+    /// sends waits in the stream and its flow control stops the client.
+    pub fn pause_control(&mut self, key: ConnKey, paused: bool) {
+        if let Some((conn, _)) = self.conn_mut(key) {
+            conn.control_paused = paused;
+            conn.control_unread |= !paused;
+        }
     }
 
     /// Push frames the stream has not taken yet (flow control, congestion).
@@ -376,16 +392,20 @@ impl Driver {
                     // The first is the control stream; the transport allows no second.
                     if let Some(id) = conn.inner.streams().accept(Dir::Bi) {
                         conn.control.get_or_insert(id);
-                        read_control(conn, key, &mut self.events);
+                        conn.control_unread = true;
                     }
                 }
                 quinn_proto::Event::Stream(StreamEvent::Readable { id })
                     if Some(id) == conn.control =>
                 {
-                    read_control(conn, key, &mut self.events);
+                    conn.control_unread = true;
                 }
                 _ => {}
             }
+        }
+        if conn.control_unread && !conn.control_paused {
+            conn.control_unread = false;
+            read_control(conn, key, &mut self.events);
         }
         if !conn.ended {
             write_streams(conn);

@@ -31,6 +31,9 @@ const FLUSH_BUDGET: usize = 256;
 /// Unsent bytes of a stream past which its writer waits (about what quinn's send window
 /// held back before).
 const STREAM_QUEUE_LIMIT: usize = 256 * 1024;
+/// Control bytes read and not yet taken by the connection's task, past which the loop
+/// stops reading the control stream (the client then meets its flow control).
+const CONTROL_READ_LIMIT: usize = 256 * 1024;
 
 /// Transport counters over connections, open and closed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +71,8 @@ pub enum Accepted {
 enum Command {
     WriteControl(ConnKey, Bytes),
     OpenPush(ConnKey),
+    /// The task took enough control bytes: read the stream again.
+    ResumeControl(ConnKey),
     WritePush(ConnKey, Vec<Bytes>),
     Close(ConnKey, VarInt, Bytes),
     Accepting(bool),
@@ -182,6 +187,9 @@ pub struct Link {
 #[derive(Default)]
 struct LinkState {
     control_in: std::collections::VecDeque<Bytes>,
+    control_in_bytes: usize,
+    /// The loop stopped reading the control stream until the task catches up.
+    control_paused: bool,
     control_ended: bool,
     closed: Option<ConnectionError>,
     reader: Option<Waker>,
@@ -231,7 +239,7 @@ impl Link {
     pub async fn read_control(&self) -> Option<Bytes> {
         std::future::poll_fn(|cx| {
             let mut state = self.state();
-            if let Some(bytes) = state.control_in.pop_front() {
+            if let Some(bytes) = self.take_control(&mut state) {
                 return Poll::Ready(Some(bytes));
             }
             if state.control_ended || state.closed.is_some() {
@@ -245,7 +253,17 @@ impl Link {
 
     /// Control bytes that have arrived already, without waiting.
     pub fn try_read_control(&self) -> Option<Bytes> {
-        self.state().control_in.pop_front()
+        self.take_control(&mut self.state())
+    }
+
+    fn take_control(&self, state: &mut LinkState) -> Option<Bytes> {
+        let bytes = state.control_in.pop_front()?;
+        state.control_in_bytes -= bytes.len();
+        if state.control_paused && state.control_in_bytes < CONTROL_READ_LIMIT / 2 {
+            state.control_paused = false;
+            let _ = self.commands.send(Command::ResumeControl(self.key));
+        }
+        Some(bytes)
     }
 
     /// Queues `bytes` on the control stream, waiting while too much is unsent.
@@ -435,6 +453,7 @@ impl Loop {
             Command::OpenPush(key) => {
                 self.driver.open_push(key);
             }
+            Command::ResumeControl(key) => self.driver.pause_control(key, false),
             Command::WritePush(key, frames) => {
                 for frame in frames {
                     self.driver.write_push(key, frame);
@@ -490,7 +509,12 @@ impl Loop {
                 Event::Control { conn, bytes } => {
                     if let Some(shared) = self.links.get(&conn) {
                         let mut state = shared.lock().expect("link state lock");
+                        state.control_in_bytes += bytes.len();
                         state.control_in.push_back(bytes);
+                        if state.control_in_bytes >= CONTROL_READ_LIMIT && !state.control_paused {
+                            state.control_paused = true;
+                            self.driver.pause_control(conn, true);
+                        }
                         if let Some(reader) = state.reader.take() {
                             reader.wake();
                         }

@@ -443,3 +443,39 @@ fn a_flush_polls_at_most_its_budget_and_the_rest_goes_next() {
         assert_eq!(read_all(pair.client(handle), control), b"answer");
     }
 }
+
+#[test]
+fn a_paused_control_stream_holds_the_client_back_until_resumed() {
+    let mut pair = Pair::new();
+    let (handle, key, control) = pair.connect_with_control(b"x");
+    pair.server.pause_control(key, true);
+    let flood = vec![1u8; 1 << 20];
+    let mut written = pair
+        .client(handle)
+        .send_stream(control)
+        .write(&flood)
+        .unwrap();
+    for _ in 0..50 {
+        pair.drive();
+        match pair
+            .client(handle)
+            .send_stream(control)
+            .write(&flood[written..])
+        {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    pair.drive();
+    // Nothing past the first byte was handed over, and the client is held at the
+    // stream's window, far short of the megabyte.
+    assert_eq!(pair.control_bytes(key).len(), 1);
+    assert!(
+        written < 1 << 20,
+        "flow control stopped the client at {written}"
+    );
+
+    pair.server.pause_control(key, false);
+    pair.drive();
+    assert_eq!(pair.control_bytes(key).len(), 1 + written);
+}

@@ -8,26 +8,22 @@
 //! once it runs on the driver, measured before the gateway does.
 
 use std::collections::HashMap;
-use std::io::{IoSliceMut, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use chat_gateway::quic::{ConnKey, Driver, Event, Flushed, Transmitter};
+use chat_gateway::quic::{ConnKey, Driver, Event, Flushed, Socket};
 use clap::Parser;
-use quinn_proto::{EcnCodepoint, EndpointConfig, ServerConfig, TransportConfig, VarInt};
-use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::Interest;
+use quinn_proto::{EndpointConfig, ServerConfig, TransportConfig, VarInt};
 
 const ALPN: &[u8] = b"quinn-ceiling/1";
 const WELCOME_SEQ: u64 = u64::MAX;
 const HEADER: usize = 16;
 const HELLO_CTRL: u8 = b'C';
 const GO: u8 = b'G';
-/// Bytes per receive slot: a GRO batch of full datagrams.
-const RX_CHUNK: usize = 64 * 1024;
 /// Connections flushed between two socket reads, so the socket does not overflow while
 /// a broadcast goes out to ten thousand streams.
 const FLUSH_BUDGET: usize = 256;
@@ -77,30 +73,6 @@ fn frame(seq: u64, ts_ns: u64, payload: usize) -> Bytes {
     b.freeze()
 }
 
-/// The socket, as the driver's way out.
-struct Udp {
-    socket: tokio::net::UdpSocket,
-    state: UdpSocketState,
-}
-
-impl Transmitter for Udp {
-    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
-        let transmit = quinn_udp::Transmit {
-            destination: t.destination,
-            ecn: t
-                .ecn
-                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
-            contents,
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-        };
-        let sent = self.socket.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.socket).into(), &transmit)
-        });
-        !matches!(sent, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
 #[derive(Default)]
 struct Member {
     hello: Option<u8>,
@@ -109,7 +81,7 @@ struct Member {
 struct Server {
     args: Args,
     driver: Driver,
-    udp: Udp,
+    socket: Socket,
     members: HashMap<ConnKey, Member>,
     /// Members with their push stream open, in the order they registered.
     registered: Vec<ConnKey>,
@@ -118,7 +90,6 @@ struct Server {
     start: Option<(Instant, u64)>,
     next: u64,
     closed: usize,
-    rx: (Vec<u8>, Vec<RecvMeta>),
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -158,9 +129,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sock2 = socket2::SockRef::from(&socket);
     let _ = sock2.set_recv_buffer_size(args.udp_buf_kb * 1024);
     let _ = sock2.set_send_buffer_size(args.udp_buf_kb * 1024);
-    socket.set_nonblocking(true)?;
-    let state = UdpSocketState::new((&socket).into())?;
-    let socket = tokio::net::UdpSocket::from_std(socket)?;
+    let socket = Socket::new(socket)?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "READY {}", socket.local_addr()?)?;
@@ -169,11 +138,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let driver = Driver::new(
         EndpointConfig::default(),
         Arc::new(server_config),
-        state.max_gso_segments(),
+        socket.max_datagrams(),
     );
     let mut server = Server {
         driver,
-        udp: Udp { socket, state },
+        socket,
         members: HashMap::new(),
         registered: Vec::new(),
         welcome: frame(WELCOME_SEQ, 0, args.payload),
@@ -181,10 +150,6 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         start: None,
         next: 0,
         closed: 0,
-        rx: (
-            vec![0u8; quinn_udp::BATCH_SIZE * RX_CHUNK],
-            vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
-        ),
         args,
     };
     server.run().await;
@@ -204,7 +169,7 @@ impl Server {
             loop {
                 flushed = self
                     .driver
-                    .flush(Instant::now(), &mut self.udp, FLUSH_BUDGET);
+                    .flush(Instant::now(), &mut self.socket, FLUSH_BUDGET);
                 self.events();
                 if flushed != Flushed::Budget {
                     break;
@@ -215,7 +180,7 @@ impl Server {
                 return;
             }
             if flushed == Flushed::SocketFull {
-                let _ = self.udp.socket.writable().await;
+                self.socket.writable().await;
             } else if !broadcasting {
                 self.wait(now).await;
             }
@@ -223,32 +188,8 @@ impl Server {
     }
 
     fn receive(&mut self) {
-        let (storage, metas) = &mut self.rx;
-        // A bounded number of batches per turn, so timers and sends keep their turn.
-        for _ in 0..16 {
-            let mut bufs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(RX_CHUNK).map(IoSliceMut::new).collect();
-            let received = self.udp.socket.try_io(Interest::READABLE, || {
-                self.udp
-                    .state
-                    .recv((&self.udp.socket).into(), &mut bufs, metas)
-            });
-            let Ok(count) = received else { return };
-            let now = Instant::now();
-            for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
-                let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
-                for segment in buf[..meta.len].chunks(meta.stride) {
-                    self.driver.handle_datagram(
-                        now,
-                        meta.addr,
-                        meta.dst_ip,
-                        ecn,
-                        BytesMut::from(segment),
-                        &mut self.udp,
-                    );
-                }
-            }
-        }
+        // A bounded number of reads per turn, so timers and sends keep their turn.
+        self.socket.receive(&mut self.driver, 16);
     }
 
     fn events(&mut self) {
@@ -262,7 +203,9 @@ impl Server {
                     self.members.remove(&conn);
                     self.closed += 1;
                 }
-                Event::ControlEnded { .. } | Event::HandshakeFailed { .. } | Event::Refused { .. } => {}
+                Event::ControlEnded { .. }
+                | Event::HandshakeFailed { .. }
+                | Event::Refused { .. } => {}
             }
         }
     }
@@ -339,7 +282,7 @@ impl Server {
         }
         let deadline = deadline.unwrap_or(now + Duration::from_millis(100));
         tokio::select! {
-            _ = self.udp.socket.readable() => {}
+            _ = self.socket.readable() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }

@@ -7,24 +7,19 @@
 //! to read, how much of a stream's queue is still unsent, how the connection ended.
 
 use std::collections::{HashMap, HashSet};
-use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use quinn::udp::{RecvMeta, UdpSocketState};
-use quinn_proto::{
-    ConnectionError, ConnectionStats, EcnCodepoint, EndpointConfig, ServerConfig, VarInt,
-};
-use tokio::io::Interest;
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, ConnectionStats, EndpointConfig, ServerConfig, VarInt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ConnKey, Driver, Event, Flushed, Transmitter};
+use super::{ConnKey, Driver, Event, Flushed, Socket};
 
-/// Bytes per receive slot: a GRO batch of full datagrams.
-const RX_CHUNK: usize = 64 * 1024;
+/// Socket reads per loop turn: bounded, so that timers and sends keep their turn.
+const RECEIVE_BATCHES: usize = 16;
 /// Connections flushed between two socket reads, so the socket does not overflow while a
 /// fan-out goes out to ten thousand streams.
 const FLUSH_BUDGET: usize = 256;
@@ -98,17 +93,15 @@ impl Endpoint {
         endpoint_config: EndpointConfig,
         server_config: Arc<ServerConfig>,
     ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<Accepted>)> {
-        socket.set_nonblocking(true)?;
-        let state = UdpSocketState::new((&socket).into())?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let socket = Socket::new(socket)?;
         let local_addr = socket.local_addr()?;
-        let driver = Driver::new(endpoint_config, server_config, state.max_gso_segments());
+        let driver = Driver::new(endpoint_config, server_config, socket.max_datagrams());
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (accepted_tx, accepted) = mpsc::unbounded_channel();
         let (open_tx, open) = watch::channel(0);
         let run = Loop {
             driver,
-            udp: Udp { socket, state },
+            socket,
             links: HashMap::new(),
             waiting: Vec::new(),
             listed: HashSet::new(),
@@ -117,10 +110,6 @@ impl Endpoint {
             accepted: accepted_tx,
             open: open_tx,
             closed: QuicTotals::default(),
-            rx: (
-                vec![0; quinn::udp::BATCH_SIZE * RX_CHUNK],
-                vec![RecvMeta::default(); quinn::udp::BATCH_SIZE],
-            ),
         };
         tokio::spawn(run.run());
         Ok((
@@ -330,34 +319,9 @@ enum Stream {
     Push,
 }
 
-/// The socket, as the driver's way out.
-struct Udp {
-    socket: tokio::net::UdpSocket,
-    state: UdpSocketState,
-}
-
-impl Transmitter for Udp {
-    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
-        let transmit = quinn::udp::Transmit {
-            destination: t.destination,
-            ecn: t
-                .ecn
-                .and_then(|e| quinn::udp::EcnCodepoint::from_bits(e as u8)),
-            contents,
-            segment_size: t.segment_size,
-            src_ip: t.src_ip,
-        };
-        let sent = self.socket.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.socket).into(), &transmit)
-        });
-        // Other errors lose the datagram, as quinn does: QUIC sends it again.
-        !matches!(sent, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
 struct Loop {
     driver: Driver,
-    udp: Udp,
+    socket: Socket,
     links: HashMap<ConnKey, Arc<Mutex<LinkState>>>,
     /// Links with bytes their streams have not taken yet, checked after each flush
     /// (`listed` keeps each in it once).
@@ -370,7 +334,6 @@ struct Loop {
     open: watch::Sender<usize>,
     /// What connections that ended had counted.
     closed: QuicTotals,
-    rx: (Vec<u8>, Vec<RecvMeta>),
 }
 
 impl Loop {
@@ -378,7 +341,7 @@ impl Loop {
         let mut commands = Vec::new();
         let mut stopping = false;
         loop {
-            self.receive();
+            self.socket.receive(&mut self.driver, RECEIVE_BATCHES);
             self.driver.handle_timeouts(Instant::now());
             for command in commands.drain(..) {
                 stopping |= matches!(command, Command::Stop);
@@ -387,12 +350,12 @@ impl Loop {
             let flushed = loop {
                 let flushed = self
                     .driver
-                    .flush(Instant::now(), &mut self.udp, FLUSH_BUDGET);
+                    .flush(Instant::now(), &mut self.socket, FLUSH_BUDGET);
                 self.events();
                 if flushed != Flushed::Budget {
                     break flushed;
                 }
-                self.receive();
+                self.socket.receive(&mut self.driver, RECEIVE_BATCHES);
             };
             self.wake_writers();
             let open = self.driver.connections();
@@ -407,39 +370,10 @@ impl Loop {
                 .next_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                _ = self.udp.socket.writable(), if flushed == Flushed::SocketFull => {}
-                _ = self.udp.socket.readable() => {}
+                _ = self.socket.writable(), if flushed == Flushed::SocketFull => {}
+                _ = self.socket.readable() => {}
                 _ = self.commands.recv_many(&mut commands, 1024) => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
-            }
-        }
-    }
-
-    fn receive(&mut self) {
-        let (storage, metas) = &mut self.rx;
-        // A bounded number of batches per turn, so timers and sends keep their turn.
-        for _ in 0..16 {
-            let mut bufs: Vec<IoSliceMut<'_>> =
-                storage.chunks_mut(RX_CHUNK).map(IoSliceMut::new).collect();
-            let received = self.udp.socket.try_io(Interest::READABLE, || {
-                self.udp
-                    .state
-                    .recv((&self.udp.socket).into(), &mut bufs, metas)
-            });
-            let Ok(count) = received else { return };
-            let now = Instant::now();
-            for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
-                let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
-                for segment in buf[..meta.len].chunks(meta.stride.max(1)) {
-                    self.driver.handle_datagram(
-                        now,
-                        meta.addr,
-                        meta.dst_ip,
-                        ecn,
-                        BytesMut::from(segment),
-                        &mut self.udp,
-                    );
-                }
             }
         }
     }

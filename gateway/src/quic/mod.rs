@@ -7,9 +7,11 @@
 
 mod driver;
 mod endpoint;
+mod socket;
 
 pub use driver::{ConnKey, Driver, Event, Flushed, Transmitter};
 pub use endpoint::{Accepted, Closed, Endpoint, Link, QuicTotals};
+pub use socket::Socket;
 
 #[cfg(test)]
 mod tests;

@@ -203,9 +203,7 @@ impl Server {
                     self.members.remove(&conn);
                     self.closed += 1;
                 }
-                Event::ControlEnded { .. }
-                | Event::HandshakeFailed { .. }
-                | Event::Refused { .. } => {}
+                _ => {}
             }
         }
     }

@@ -54,6 +54,12 @@ pub enum Event {
         conn: ConnKey,
         reason: ConnectionError,
     },
+    /// A closed connection (one that was [`Event::Connected`]) has finished closing and
+    /// left the driver, with its transport counters as they ended.
+    Drained {
+        conn: ConnKey,
+        stats: Box<ConnectionStats>,
+    },
     /// A handshake failed.
     HandshakeFailed { reason: ConnectionError },
     /// A new connection was refused (while not accepting).
@@ -313,11 +319,14 @@ impl Driver {
             .map_or((0, 0), |conn| (conn.control_out.bytes, conn.push_out.bytes))
     }
 
-    pub fn stats(&self, key: ConnKey) -> Option<ConnectionStats> {
-        let slot = self.slots.get(key.index as usize)?;
-        (slot.generation == key.generation)
-            .then(|| slot.conn.as_ref().map(|c| c.inner.stats()))
-            .flatten()
+    /// The transport counters of every connection that connected and has not drained
+    /// (the drained ones were handed over in [`Event::Drained`]).
+    pub fn connected_stats(&self) -> impl Iterator<Item = ConnectionStats> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.conn.as_ref())
+            .filter(|conn| conn.connected)
+            .map(|conn| conn.inner.stats())
     }
 
     /// Closes with an application code and reason; [`Event::Closed`] follows with
@@ -443,6 +452,12 @@ impl Driver {
         if conn.inner.is_drained() {
             if let Some(old) = conn.timer {
                 self.timers.remove(&(old, index));
+            }
+            if conn.connected {
+                self.events.push_back(Event::Drained {
+                    conn: key,
+                    stats: Box::new(conn.inner.stats()),
+                });
             }
             self.slots[index].conn = None;
             self.live -= 1;

@@ -133,7 +133,6 @@ impl Endpoint {
 
     /// Closes every connection with `code` and `reason`, and refuses new ones.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        let _ = self.commands.send(Command::Accepting(false));
         let _ = self
             .commands
             .send(Command::CloseAll(code, Bytes::copy_from_slice(reason)));
@@ -258,20 +257,22 @@ impl Link {
     /// Queues `bytes` on the control stream, waiting while too much is unsent.
     pub async fn write_control(&self, bytes: Bytes) -> Result<(), Closed> {
         self.room(Stream::Control).await?;
-        self.state().control_unsent += bytes.len();
+        self.queue(Stream::Control, bytes.len())?;
         self.send(Command::WriteControl(self.key, bytes))
     }
 
     /// Opens the push stream (the client sees it with its first bytes).
     pub fn open_push(&self) -> Result<(), Closed> {
+        if let Some(reason) = self.close_reason() {
+            return Err(Closed(reason));
+        }
         self.send(Command::OpenPush(self.key))
     }
 
     /// Queues `frames` on the push stream (taking them), waiting while too much is unsent.
     pub async fn write_push(&self, frames: &mut Vec<Bytes>) -> Result<(), Closed> {
         self.room(Stream::Push).await?;
-        let bytes = frames.iter().map(Bytes::len).sum::<usize>();
-        self.state().push_unsent += bytes;
+        self.queue(Stream::Push, frames.iter().map(Bytes::len).sum())?;
         self.send(Command::WritePush(self.key, std::mem::take(frames)))
     }
 
@@ -284,10 +285,22 @@ impl Link {
         ));
     }
 
-    fn send(&self, command: Command) -> Result<(), Closed> {
-        if let Some(reason) = self.close_reason() {
-            return Err(Closed(reason));
+    /// Counts `bytes` as unsent on `stream` (the loop sets the true figure after its next
+    /// flush), unless the connection is gone.
+    fn queue(&self, stream: Stream, bytes: usize) -> Result<(), Closed> {
+        let mut state = self.state();
+        if let Some(reason) = &state.closed {
+            return Err(Closed(reason.clone()));
         }
+        match stream {
+            Stream::Control => state.control_unsent += bytes,
+            Stream::Push => state.push_unsent += bytes,
+        }
+        Ok(())
+    }
+
+    /// Sends `command` to the loop; the loop drops what names a connection gone.
+    fn send(&self, command: Command) -> Result<(), Closed> {
         self.commands
             .send(command)
             .map_err(|_| Closed(ConnectionError::LocallyClosed))
@@ -332,7 +345,7 @@ struct Loop {
     own: mpsc::UnboundedSender<Command>,
     accepted: mpsc::UnboundedSender<Accepted>,
     open: watch::Sender<usize>,
-    /// What connections that ended had counted.
+    /// What connections that drained had counted (the others are read from the driver).
     closed: QuicTotals,
 }
 
@@ -408,10 +421,8 @@ impl Loop {
             Command::Stop => {}
             Command::Totals(reply) => {
                 let mut totals = self.closed;
-                for key in self.links.keys() {
-                    if let Some(stats) = self.driver.stats(*key) {
-                        totals.add(&stats);
-                    }
+                for stats in self.driver.connected_stats() {
+                    totals.add(&stats);
                 }
                 let _ = reply.send(totals);
             }
@@ -463,10 +474,8 @@ impl Loop {
                         }
                     }
                 }
+                Event::Drained { stats, .. } => self.closed.add(&stats),
                 Event::Closed { conn, reason } => {
-                    if let Some(stats) = self.driver.stats(conn) {
-                        self.closed.add(&stats);
-                    }
                     if let Some(shared) = self.links.remove(&conn) {
                         let mut state = shared.lock().expect("link state lock");
                         state.closed = Some(reason);

@@ -362,6 +362,13 @@ fn a_silent_client_times_out() {
     pair.wait(Duration::from_secs(3));
     assert!(matches!(pair.closed(key), Some(ConnectionError::TimedOut)));
     assert_eq!(pair.server.connections(), 0);
+    // Its transport counters are handed over as it leaves, not lost with it.
+    let sent = pair.events.iter().find_map(|e| match e {
+        Event::Drained { conn, stats } if *conn == key => Some(stats.udp_tx.datagrams),
+        _ => None,
+    });
+    assert!(sent.is_some_and(|n| n > 0), "drained with {sent:?}");
+    assert_eq!(pair.server.connected_stats().count(), 0);
 }
 
 #[test]

@@ -482,7 +482,6 @@ impl<'a> Pusher<'a> {
             code: ErrorCode::INTERNAL,
             reason: format!("push stream failed: {e}"),
         })?;
-        self.out.clear();
         if let Some(oldest) = self.oldest_live.take() {
             self.metrics
                 .push_delay

@@ -22,10 +22,7 @@ pub(crate) struct ServerMetrics {
     pub skipped: Counter,
     /// Background groups reported in `Activity` frames instead of pushed.
     pub activity: Counter,
-    /// Live pushes not held for a connection still starting, past `delivery.queue` (it
-    /// catches up from the log instead).
-    pub dropped: Counter,
-    /// From a live message's arrival to its push queued on every local recipient's stream.
+    /// How long the oldest live push of each write waited on this gateway.
     pub push_delay: Histogram,
 }
 
@@ -41,7 +38,6 @@ impl Default for ServerMetrics {
             acked: Counter::default(),
             skipped: Counter::default(),
             activity: Counter::default(),
-            dropped: Counter::default(),
             push_delay: latency_histogram(),
         }
     }
@@ -111,11 +107,6 @@ impl ServerMetrics {
                 "Background groups reported in Activity frames (compact notices) instead of pushed",
                 &self.activity,
             ),
-            (
-                "pushes_dropped",
-                "Live pushes not held for a connection still starting, past delivery.queue (it catches up from the log)",
-                &self.dropped,
-            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -133,7 +124,7 @@ impl ServerMetrics {
         register_seconds(
             registry,
             "push_delay",
-            "From a live message's arrival from the bus to its push queued on every local recipient's stream",
+            "How long the oldest live push in each write waited on this gateway",
             self.push_delay.clone(),
         );
     }

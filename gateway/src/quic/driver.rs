@@ -303,20 +303,22 @@ impl Driver {
 
     /// Push frames the stream has not taken yet (flow control, congestion).
     pub fn push_queued(&self, key: ConnKey) -> usize {
-        self.slots
-            .get(key.index as usize)
-            .filter(|slot| slot.generation == key.generation)
-            .and_then(|slot| slot.conn.as_ref())
-            .map_or(0, |conn| conn.push_out.frames.len())
+        self.conn(key).map_or(0, |conn| conn.push_out.frames.len())
     }
 
     /// Bytes queued on the control and the push stream that the streams have not taken.
     pub fn unsent_bytes(&self, key: ConnKey) -> (usize, usize) {
+        self.conn(key)
+            .map_or((0, 0), |conn| (conn.control_out.bytes, conn.push_out.bytes))
+    }
+
+    /// The connection `key` names, if it is still the one in its slot.
+    fn conn(&self, key: ConnKey) -> Option<&Conn> {
         self.slots
             .get(key.index as usize)
-            .filter(|slot| slot.generation == key.generation)
-            .and_then(|slot| slot.conn.as_ref())
-            .map_or((0, 0), |conn| (conn.control_out.bytes, conn.push_out.bytes))
+            .filter(|slot| slot.generation == key.generation)?
+            .conn
+            .as_ref()
     }
 
     /// The transport counters of every connection that connected and has not drained

@@ -103,8 +103,7 @@ impl Endpoint {
             driver,
             socket,
             links: HashMap::new(),
-            waiting: Vec::new(),
-            listed: HashSet::new(),
+            waiting: HashSet::new(),
             commands: command_rx,
             own: commands.clone(),
             accepted: accepted_tx,
@@ -336,10 +335,8 @@ struct Loop {
     driver: Driver,
     socket: Socket,
     links: HashMap<ConnKey, Arc<Mutex<LinkState>>>,
-    /// Links with bytes their streams have not taken yet, checked after each flush
-    /// (`listed` keeps each in it once).
-    waiting: Vec<ConnKey>,
-    listed: HashSet<ConnKey>,
+    /// Links with bytes their streams have not taken yet, checked after each flush.
+    waiting: HashSet<ConnKey>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// For the links it hands out.
     own: mpsc::UnboundedSender<Command>,
@@ -395,7 +392,7 @@ impl Loop {
         match command {
             Command::WriteControl(key, bytes) => {
                 self.driver.write_control(key, bytes);
-                self.list(key);
+                self.waiting.insert(key);
             }
             Command::OpenPush(key) => {
                 self.driver.open_push(key);
@@ -405,7 +402,7 @@ impl Loop {
                 for frame in frames {
                     self.driver.write_push(key, frame);
                 }
-                self.list(key);
+                self.waiting.insert(key);
             }
             Command::Close(key, code, reason) => {
                 self.driver.close(Instant::now(), key, code, &reason);
@@ -495,10 +492,9 @@ impl Loop {
     /// Tells each link with unsent bytes how much its streams still hold, waking a writer
     /// once there is room; links whose streams took everything leave the list.
     fn wake_writers(&mut self) {
-        let (driver, links, listed) = (&self.driver, &self.links, &mut self.listed);
+        let (driver, links) = (&self.driver, &self.links);
         self.waiting.retain(|key| {
             let Some(shared) = links.get(key) else {
-                listed.remove(key);
                 return false;
             };
             let (control, push) = driver.unsent_bytes(*key);
@@ -515,17 +511,7 @@ impl Loop {
             {
                 writer.wake();
             }
-            let keep = control + push > 0;
-            if !keep {
-                listed.remove(key);
-            }
-            keep
+            control + push > 0
         });
-    }
-
-    fn list(&mut self, key: ConnKey) {
-        if self.listed.insert(key) {
-            self.waiting.push(key);
-        }
     }
 }

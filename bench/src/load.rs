@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use chat_client::AckClock;
 use chat_protocol::{AckPolicy, AckRange, Frame, FrameDecoder, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use futures_util::StreamExt;
 use quinn::{Connection, Endpoint, SendStream};
@@ -195,7 +196,12 @@ impl Member {
         let mut pending: Vec<AckRange> = Vec::new();
         let mut pending_count = 0u16;
         let mut ack_due: Option<Instant> = None;
-        let delay = Duration::from_millis(self.policy.max_delay_ms.into());
+        // ACKs go on the member's own clock, as chat-client sends them.
+        let ack_clock = AckClock::new(
+            Instant::now(),
+            Duration::from_millis(self.policy.max_delay_ms.into()),
+            rand::random(),
+        );
         let accepted = tokio::time::timeout_at(deadline.into(), self.connection.accept_uni()).await;
         let mut push = match accepted {
             Ok(Ok(push)) => push,
@@ -290,7 +296,7 @@ impl Member {
                 }
                 add_ack(&mut pending, message.group, seq);
                 pending_count += 1;
-                ack_due.get_or_insert_with(|| Instant::now() + delay);
+                ack_due.get_or_insert_with(|| ack_clock.next_after(Instant::now()));
             }
             if pending_count >= self.policy.max_batch {
                 if let Err(e) = self.ack(&mut pending).await {

@@ -5,6 +5,10 @@
 //! taken by the application is acknowledged under its own policy, and all pending pushes
 //! go out together in one ACK frame.
 //!
+//! A pending ACK goes out at the next tick of the connection's own [`AckClock`], not at a
+//! fixed delay after the push: the members of a big group get each push at the same
+//! moment, and a fixed delay would have them all acknowledge it at the same moment too.
+//!
 //! Pure state driven by explicit [`Instant`]s so the timing rules are unit-tested
 //! without sockets or sleeps; a background task owns the clock.
 
@@ -32,19 +36,53 @@ impl AckClass {
     }
 }
 
+/// When a connection's ACKs go: ticks one period (a policy's `max_delay_ms`) apart, at a
+/// phase drawn per connection. Ten thousand members who got the same push at the same
+/// moment then acknowledge it spread over the period instead of in one burst, which the
+/// gateway would take between two fan-outs (docs/protocol.md, "Acknowledgements").
+#[derive(Debug, Clone, Copy)]
+pub struct AckClock {
+    origin: Instant,
+    period: Duration,
+}
+
+impl AckClock {
+    /// Ticks every `period` from `start + phase × period`, `phase` in `[0, 1)`.
+    pub fn new(start: Instant, period: Duration, phase: f64) -> Self {
+        Self {
+            origin: start + period.mul_f64(phase.clamp(0.0, 1.0)),
+            period,
+        }
+    }
+
+    /// The first tick after `t`: never more than one period later.
+    pub fn next_after(&self, t: Instant) -> Instant {
+        let Some(since) = t.checked_duration_since(self.origin) else {
+            return self.origin.min(t + self.period);
+        };
+        let period = self.period.as_nanos();
+        if period == 0 {
+            return t;
+        }
+        let ticks = since.as_nanos() / period + 1;
+        self.origin + Duration::from_nanos(u64::try_from(ticks * period).unwrap_or(u64::MAX))
+    }
+}
+
 /// One policy's timing rules, plus when its oldest pending push was taken.
 #[derive(Debug)]
 struct Lane {
-    max_delay: Duration,
+    clock: AckClock,
     max_batch: usize,
     /// When the earliest pending push under this policy was taken: its deadline is the soonest.
     oldest: Option<Instant>,
 }
 
 impl Lane {
-    fn new(policy: AckPolicy) -> Self {
+    fn new(policy: AckPolicy, start: Instant, phase: f64) -> Self {
+        let max_delay = Duration::from_millis(policy.max_delay_ms.into());
         Self {
-            max_delay: Duration::from_millis(policy.max_delay_ms.into()),
+            clock: AckClock::new(start, max_delay, phase),
             // A zero batch would never fire; treat it as "ack each push at once".
             max_batch: usize::from(policy.max_batch).max(1),
             oldest: None,
@@ -56,7 +94,7 @@ impl Lane {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.max_delay)
+        self.oldest.map(|t| self.clock.next_after(t))
     }
 }
 
@@ -72,10 +110,11 @@ pub(crate) struct AckBatcher {
 }
 
 impl AckBatcher {
-    pub(crate) fn new(live: AckPolicy, catch_up: AckPolicy) -> Self {
+    /// Both policies' clocks start at `start`, at the same `phase` (see [`AckClock`]).
+    pub(crate) fn new(live: AckPolicy, catch_up: AckPolicy, start: Instant, phase: f64) -> Self {
         Self {
-            live: Lane::new(live),
-            catch_up: Lane::new(catch_up),
+            live: Lane::new(live, start, phase),
+            catch_up: Lane::new(catch_up, start, phase),
             pending: BTreeMap::new(),
             count: 0,
             live_count: 0,
@@ -127,7 +166,7 @@ impl AckBatcher {
     }
 
     /// When the pending ACKs must go out at the latest, if any are pending: the earliest
-    /// of every pending push's taken time plus its policy's delay.
+    /// tick, of each pending push's policy clock, after the push was taken.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match (self.live.deadline(), self.catch_up.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -212,8 +251,8 @@ mod tests {
     }
 
     /// A batcher whose catch-up policy is far laxer, so only the live one can fire.
-    fn live_only(live: AckPolicy) -> AckBatcher {
-        AckBatcher::new(live, policy(60_000, 1_000))
+    fn live_only(live: AckPolicy, start: Instant) -> AckBatcher {
+        AckBatcher::new(live, policy(60_000, 1_000), start, 0.0)
     }
 
     fn range(group: &str, first: u64, last: u64) -> AckRange {
@@ -226,17 +265,61 @@ mod tests {
 
     #[test]
     fn nothing_pending_is_never_due() {
-        let b = live_only(policy(100, 10));
         let now = Instant::now();
+        let b = live_only(policy(100, 10), now);
         assert!(b.is_empty());
         assert_eq!(b.deadline(), None);
         assert!(!b.is_due(now + Duration::from_secs(3600)));
     }
 
     #[test]
-    fn due_when_the_batch_fills() {
-        let mut b = live_only(policy(1_000, 3));
+    fn the_clock_ticks_once_per_period_from_its_phase() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let clock = AckClock::new(t0, ms(1_000), 0.25);
+        assert_eq!(clock.next_after(t0), t0 + ms(250));
+        // A tick itself is not "after": the next one is a whole period on.
+        assert_eq!(clock.next_after(t0 + ms(250)), t0 + ms(1_250));
+        assert_eq!(clock.next_after(t0 + ms(251)), t0 + ms(1_250));
+        assert_eq!(clock.next_after(t0 + ms(5_100)), t0 + ms(5_250));
+        // Never more than a period away, even for a time before the clock started.
+        assert_eq!(clock.next_after(t0 - ms(900)), t0 + ms(100));
+        // A zero period (ACK at once) ticks whenever asked.
+        assert_eq!(
+            AckClock::new(t0, ms(0), 0.7).next_after(t0 + ms(3)),
+            t0 + ms(3)
+        );
+    }
+
+    #[test]
+    fn members_with_other_phases_ack_the_same_push_at_other_moments() {
+        let t0 = Instant::now();
+        let pushed = t0 + Duration::from_millis(40);
+        let deadlines: Vec<Instant> = [0.1, 0.4, 0.8]
+            .into_iter()
+            .map(|phase| {
+                let mut b = AckBatcher::new(policy(1_000, 50), policy(1_000, 50), t0, phase);
+                b.record("g", 1, Live, pushed);
+                b.deadline().expect("pending")
+            })
+            .collect();
+        let ms = |d: &Instant| d.duration_since(t0).as_millis();
+        assert_eq!(
+            deadlines.iter().map(ms).collect::<Vec<_>>(),
+            [100, 400, 800]
+        );
+        // Each within the policy's delay of the push.
+        assert!(
+            deadlines
+                .iter()
+                .all(|d| *d <= pushed + Duration::from_millis(1_000))
+        );
+    }
+
+    #[test]
+    fn due_when_the_batch_fills() {
+        let t0 = Instant::now();
+        let mut b = live_only(policy(1_000, 3), t0);
         b.record("g", 1, Live, t0);
         b.record("g", 2, Live, t0);
         assert!(!b.is_due(t0));
@@ -245,9 +328,9 @@ mod tests {
     }
 
     #[test]
-    fn due_when_the_oldest_waited_max_delay() {
-        let mut b = live_only(policy(100, 50));
+    fn due_at_the_first_tick_after_the_oldest() {
         let t0 = Instant::now();
+        let mut b = live_only(policy(100, 50), t0);
         b.record("g", 1, Live, t0);
         // A later push does not push the deadline back.
         b.record("g", 2, Live, t0 + Duration::from_millis(90));
@@ -258,8 +341,8 @@ mod tests {
 
     #[test]
     fn take_resets_the_clock_and_count() {
-        let mut b = live_only(policy(100, 2));
         let t0 = Instant::now();
+        let mut b = live_only(policy(100, 2), t0);
         b.record("g", 1, Live, t0);
         b.record("g", 2, Live, t0);
         assert_eq!(b.take(), vec![range("g", 1, 2)]);
@@ -275,8 +358,8 @@ mod tests {
 
     #[test]
     fn the_same_push_counts_once() {
-        let mut b = live_only(policy(100, 2));
         let t0 = Instant::now();
+        let mut b = live_only(policy(100, 2), t0);
         b.record("g", 7, Live, t0);
         b.record("g", 7, Live, t0);
         assert!(!b.is_due(t0));
@@ -285,16 +368,16 @@ mod tests {
 
     #[test]
     fn zero_policy_acks_at_once() {
-        let mut b = live_only(policy(0, 0));
         let t0 = Instant::now();
+        let mut b = live_only(policy(0, 0), t0);
         b.record("g", 1, Live, t0);
         assert!(b.is_due(t0));
     }
 
     #[test]
     fn catch_up_pushes_batch_under_the_catch_up_policy() {
-        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 4));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 4), t0, 0.0);
         for seq in 1..=3 {
             b.record("g", seq, CatchUp, t0);
         }
@@ -307,8 +390,8 @@ mod tests {
 
     #[test]
     fn catch_up_pushes_wait_their_own_delay() {
-        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         assert!(!b.is_due(t0 + Duration::from_millis(100)));
         assert!(b.is_due(t0 + Duration::from_millis(1_000)));
@@ -316,8 +399,8 @@ mod tests {
 
     #[test]
     fn a_pending_live_push_brings_in_the_live_batch_size() {
-        let mut b = AckBatcher::new(policy(1_000, 3), policy(1_000, 10));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(1_000, 3), policy(1_000, 10), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         b.record("g", 2, CatchUp, t0);
         assert!(!b.is_due(t0));
@@ -334,8 +417,8 @@ mod tests {
 
     #[test]
     fn the_earliest_deadline_of_either_policy_wins() {
-        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(1_000)));
         // A live push taken later still has the sooner deadline.
@@ -346,7 +429,7 @@ mod tests {
         assert!(b.is_due(t1 + Duration::from_millis(100)));
 
         // And a catch-up push taken first can be the sooner one.
-        let mut b = AckBatcher::new(policy(500, 50), policy(200, 50));
+        let mut b = AckBatcher::new(policy(500, 50), policy(200, 50), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         b.record("g", 2, Live, t0 + Duration::from_millis(10));
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(200)));
@@ -354,8 +437,8 @@ mod tests {
 
     #[test]
     fn take_resets_both_policies() {
-        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 5));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 5), t0, 0.0);
         b.record("g", 1, Live, t0);
         b.record("g", 2, CatchUp, t0);
         assert!(b.is_due(t0));
@@ -370,19 +453,20 @@ mod tests {
 
     #[test]
     fn a_repeat_counts_once_and_live_takes_precedence() {
-        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 3));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(100, 2), policy(1_000, 3), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         b.record("g", 1, CatchUp, t0);
         b.record("g", 2, CatchUp, t0);
         assert!(!b.is_due(t0));
-        // Seen again live: still two pending, but now under the live batch size and delay.
+        // Seen again live: still two pending, but now under the live batch size and delay
+        // (the live clock's next tick).
         let t1 = t0 + Duration::from_millis(50);
         b.record("g", 2, Live, t1);
         assert!(b.is_due(t1));
-        assert_eq!(b.deadline(), Some(t1 + Duration::from_millis(100)));
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
         // A live push seen again as catch-up stays live.
-        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50));
+        let mut b = AckBatcher::new(policy(100, 50), policy(1_000, 50), t0, 0.0);
         b.record("g", 1, Live, t0);
         b.record("g", 1, CatchUp, t0);
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(100)));
@@ -391,8 +475,8 @@ mod tests {
 
     #[test]
     fn zero_catch_up_policy_acks_at_once() {
-        let mut b = AckBatcher::new(policy(1_000, 100), policy(0, 0));
         let t0 = Instant::now();
+        let mut b = AckBatcher::new(policy(1_000, 100), policy(0, 0), t0, 0.0);
         b.record("g", 1, CatchUp, t0);
         assert!(b.is_due(t0));
     }
@@ -414,8 +498,8 @@ mod tests {
 
     #[test]
     fn merges_consecutive_seqs_per_group() {
-        let mut b = live_only(policy(100, 100));
         let t0 = Instant::now();
+        let mut b = live_only(policy(100, 100), t0);
         for seq in [5, 3, 4, 9, 10, 1, 12] {
             b.record("b", seq, Live, t0);
         }
@@ -435,8 +519,8 @@ mod tests {
 
     #[test]
     fn merging_survives_u64_max() {
-        let mut b = live_only(policy(100, 100));
         let t0 = Instant::now();
+        let mut b = live_only(policy(100, 100), t0);
         b.record("g", u64::MAX, Live, t0);
         b.record("g", u64::MAX - 1, Live, t0);
         assert_eq!(b.take(), vec![range("g", u64::MAX - 1, u64::MAX)]);

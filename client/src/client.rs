@@ -606,7 +606,12 @@ async fn open_link(
         n => n.min(chat_protocol::MAX_FRAME_LEN),
     };
     let shared = Arc::new(Shared::new(
-        AckBatcher::new(welcome.ack, welcome.catch_up_ack),
+        AckBatcher::new(
+            welcome.ack,
+            welcome.catch_up_ack,
+            std::time::Instant::now(),
+            rand::random(),
+        ),
         dedup,
         max_frame_len,
     ));

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use acks::AckClock;
 pub use chat_protocol::{
     AckPolicy, Conversation, ErrorCode, GroupActivity, HistoryPage, MemberInfo, Message, Role,
     UnreadCount,

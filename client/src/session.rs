@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn taken_pushes_are_acked_under_their_flag_policy() {
         let shared = Shared::new(
-            AckBatcher::new(policy(1), policy(3)),
+            AckBatcher::new(policy(1), policy(3), Instant::now(), 0.0),
             Arc::default(),
             1 << 16,
         );
@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn hidden_placeholders_surface_once_and_are_acked() {
         let shared = Shared::new(
-            AckBatcher::new(policy(100), policy(100)),
+            AckBatcher::new(policy(100), policy(100), Instant::now(), 0.0),
             Arc::default(),
             1 << 16,
         );

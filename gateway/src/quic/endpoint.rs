@@ -365,7 +365,7 @@ impl Loop {
                 if flushed != Flushed::Budget {
                     break flushed;
                 }
-                self.socket.receive(&mut self.driver, RECEIVE_BATCHES);
+                self.socket.receive_now(&mut self.driver, RECEIVE_BATCHES);
             };
             self.wake_writers();
             let open = self.driver.connections();

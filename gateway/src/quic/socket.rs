@@ -53,20 +53,46 @@ impl Socket {
     }
 
     /// Hands what the socket holds to `driver`, at most `batches` reads of it, so that a
-    /// loop under load still gets to its timers and sends.
-    pub fn receive(&mut self, driver: &mut Driver, batches: usize) {
+    /// loop under load still gets to its timers and sends. Reads only while tokio saw the
+    /// socket readable, and clears that once it is empty: for the start of a loop turn.
+    /// Returns how many datagrams it handed over.
+    pub fn receive(&mut self, driver: &mut Driver, batches: usize) -> usize {
+        self.receive_with(driver, batches, |io, bufs, metas| {
+            io.socket.try_io(Interest::READABLE, || {
+                io.state.recv((&io.socket).into(), bufs, metas)
+            })
+        })
+    }
+
+    /// [`Socket::receive`] in the middle of a long turn: asks the socket itself. tokio
+    /// learns of new datagrams only when the loop yields to it, so within one turn its
+    /// readiness says "empty" while the socket fills (a 10,000-connection flush overflowed
+    /// the receive buffer that way). Leaves tokio's readiness as it is.
+    pub fn receive_now(&mut self, driver: &mut Driver, batches: usize) -> usize {
+        self.receive_with(driver, batches, |io, bufs, metas| {
+            io.state.recv((&io.socket).into(), bufs, metas)
+        })
+    }
+
+    fn receive_with(
+        &mut self,
+        driver: &mut Driver,
+        batches: usize,
+        read: impl Fn(&Io, &mut [IoSliceMut<'_>], &mut [RecvMeta]) -> std::io::Result<usize>,
+    ) -> usize {
         let Self { io, storage, metas } = self;
+        let mut handed = 0;
         for _ in 0..batches {
             let mut bufs: Vec<IoSliceMut<'_>> =
                 storage.chunks_mut(RX_CHUNK).map(IoSliceMut::new).collect();
-            let received = io.socket.try_io(Interest::READABLE, || {
-                io.state.recv((&io.socket).into(), &mut bufs, metas)
-            });
-            let Ok(count) = received else { return };
+            let Ok(count) = read(io, &mut bufs, metas) else {
+                return handed;
+            };
             let now = Instant::now();
             for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
                 let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
                 for segment in buf[..meta.len].chunks(meta.stride.max(1)) {
+                    handed += 1;
                     driver.handle_datagram(
                         now,
                         meta.addr,
@@ -78,6 +104,7 @@ impl Socket {
                 }
             }
         }
+        handed
     }
 
     pub async fn readable(&self) {

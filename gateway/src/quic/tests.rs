@@ -12,7 +12,7 @@ use quinn_proto::{
     StreamId, Transmit, VarInt,
 };
 
-use super::{ConnKey, Driver, Event, Flushed, Transmitter};
+use super::{ConnKey, Driver, Event, Flushed, Socket, Transmitter};
 use crate::Config;
 
 fn server_addr() -> SocketAddr {
@@ -480,4 +480,24 @@ fn a_paused_control_stream_holds_the_client_back_until_resumed() {
     pair.server.pause_control(key, false);
     pair.drive();
     assert_eq!(pair.control_bytes(key).len(), 1 + written);
+}
+
+/// tokio learns that a socket got readable again only when the loop yields to it: in the
+/// middle of a long turn its readiness still says "empty" while datagrams pile up. The
+/// loop's mid-turn reads ask the socket itself (a 10,000-connection flush overflowed the
+/// receive buffer before they did).
+#[tokio::test]
+async fn a_read_in_the_middle_of_a_turn_finds_what_arrived_during_it() {
+    let mut pair = Pair::new();
+    let mut socket = Socket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+    let to = socket.local_addr().unwrap();
+    assert_eq!(socket.receive(&mut pair.server, 4), 0);
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        peer.send_to(b"not a QUIC packet", to).unwrap();
+    }
+    // Still the same turn (nothing awaited): tokio has not seen them arrive.
+    assert_eq!(socket.receive(&mut pair.server, 4), 0);
+    assert_eq!(socket.receive_now(&mut pair.server, 4), 5);
+    assert_eq!(socket.receive_now(&mut pair.server, 4), 0);
 }

@@ -3,7 +3,7 @@
 //! a memory cap and a host-call budget. A fault costs that call and that instance only.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,6 +32,62 @@ const MAX_STACK: usize = 512 * 1024;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    ticker: Arc<Ticker>,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin runs, and sleeps while
+/// none does: a thread waking a thousand times a second on a busy two-core box kept
+/// preempting the endpoint loop (docs/BENCHMARKS.md, fifteenth set).
+#[derive(Default)]
+struct Ticker {
+    /// Plugin calls running now.
+    running: Mutex<usize>,
+    started: Condvar,
+}
+
+impl Ticker {
+    /// Calls `tick` every [`EPOCH_TICK`] while a call runs, until it returns false (the
+    /// engine is gone); while none runs, once a second (to notice that).
+    fn run(&self, mut tick: impl FnMut() -> bool) {
+        loop {
+            let mut running = self.running.lock().expect("ticker lock");
+            while *running == 0 {
+                let (guard, waited) = self
+                    .started
+                    .wait_timeout(running, Duration::from_secs(1))
+                    .expect("ticker lock");
+                running = guard;
+                if waited.timed_out() && *running == 0 && !tick() {
+                    return;
+                }
+            }
+            drop(running);
+            if !tick() {
+                return;
+            }
+            std::thread::sleep(EPOCH_TICK);
+        }
+    }
+}
+
+/// Keeps the epoch advancing for as long as it lives: held across a call into a plugin.
+struct Ticking<'a>(&'a Ticker);
+
+impl<'a> Ticking<'a> {
+    fn new(ticker: &'a Ticker) -> Self {
+        let mut running = ticker.running.lock().expect("ticker lock");
+        *running += 1;
+        if *running == 1 {
+            ticker.started.notify_one();
+        }
+        Self(ticker)
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().expect("ticker lock") -= 1;
+    }
 }
 
 impl Runtime {
@@ -47,19 +103,24 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(PluginError::engine)?;
         Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |state| state)
             .map_err(PluginError::engine)?;
-        // The ticker stops when the last engine handle (here, the runtime) is gone.
-        let weak = engine.weak();
+        let ticker = Arc::new(Ticker::default());
+        let (weak, thread_ticker) = (engine.weak(), ticker.clone());
         std::thread::Builder::new()
             .name("plugin-epoch".into())
+            // Stops when the last engine handle (the runtime's) is gone.
             .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
+                thread_ticker.run(|| {
+                    weak.upgrade()
+                        .map(|engine| engine.increment_epoch())
+                        .is_some()
+                })
             })
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        Ok(Arc::new(Self { engine, linker }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            ticker,
+        }))
     }
 
     /// Compiles a component and checks that it is a plugin of this world.
@@ -330,6 +391,8 @@ impl Loaded {
     }
 
     async fn call_instance(&self, call: Call<'_>) -> Result<Answer, Fault> {
+        // Instantiating runs guest code too.
+        let _ticking = Ticking::new(&self.runtime.ticker);
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -444,5 +507,61 @@ fn describe_trap(trap: &wasmtime::Error, spec: &PluginSpec) -> String {
                 text
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::{Ticker, Ticking};
+
+    /// Waits (up to 5 s: a loaded machine may hold a thread back) until `done` holds.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_a_plugin_runs() {
+        let ticker = Arc::new(Ticker::default());
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let thread = std::thread::spawn({
+            let (ticker, ticks) = (ticker.clone(), ticks.clone());
+            move || ticker.run(|| ticks.fetch_add(1, Ordering::SeqCst) < 1_000_000)
+        });
+        let count = || ticks.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(count(), 0, "ticked with no call running");
+
+        let call = Ticking::new(&ticker);
+        eventually("five ticks during a call", || count() >= 5);
+        drop(call);
+        // At most the tick under way when the call ended, then none.
+        let mut settled = 0;
+        eventually("the ticks to stop after the call", || {
+            let before = count();
+            std::thread::sleep(Duration::from_millis(20));
+            settled = count();
+            settled == before
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(count(), settled, "went on ticking after the call ended");
+
+        // Two calls at once: ticking until both ended.
+        let (a, b) = (Ticking::new(&ticker), Ticking::new(&ticker));
+        drop(a);
+        eventually("ticks while one call still runs", || count() >= settled + 5);
+        drop(b);
+
+        // The engine gone: the thread ends at its next tick.
+        ticks.store(1_000_000, Ordering::SeqCst);
+        let _last = Ticking::new(&ticker);
+        thread.join().unwrap();
     }
 }

@@ -39,7 +39,7 @@ impl AckClass {
 /// When a connection's ACKs go: ticks one period (a policy's `max_delay_ms`) apart, at a
 /// phase drawn per connection. Ten thousand members who got the same push at the same
 /// moment then acknowledge it spread over the period instead of in one burst, which the
-/// gateway would take between two fan-outs (docs/protocol.md, "Acknowledgements").
+/// gateway would take between two fan-outs (docs/protocol.md §7, "The ACK clocks").
 #[derive(Debug, Clone, Copy)]
 pub struct AckClock {
     origin: Instant,

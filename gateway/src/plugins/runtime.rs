@@ -36,8 +36,8 @@ pub struct Runtime {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin runs, and sleeps while
-/// none does: a thread waking a thousand times a second on a busy two-core box kept
-/// preempting the endpoint loop (docs/BENCHMARKS.md, fifteenth set).
+/// none does: ticking for the gateway's whole life woke an idle gateway a thousand times a
+/// second (docs/BENCHMARKS.md, fifteenth set).
 #[derive(Default)]
 struct Ticker {
     /// Plugin calls running now.

@@ -429,6 +429,53 @@ async fn batched_appends(store: &dyn Store) {
     assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
 }
 
+/// Cursors of many devices in one call, more than one script call's worth on Redis.
+async fn batched_cursors(store: &dyn Store) {
+    let cursors = |user: &str, device: &str| {
+        let (store, user, device) = (store, user.to_owned(), device.to_owned());
+        async move {
+            let mut cursors = store.cursors(&user, &device).await.unwrap();
+            cursors.sort();
+            cursors
+        }
+    };
+    store
+        .advance_cursors("dora", "phone", &[("a".into(), 5)])
+        .await
+        .unwrap();
+    let mut batch: Vec<_> = (0..600)
+        .map(|i| {
+            (
+                format!("user{i}"),
+                "phone".to_owned(),
+                vec![("a".into(), i)],
+            )
+        })
+        .collect();
+    batch.push((
+        "dora".into(),
+        "phone".into(),
+        vec![("a".into(), 3), ("b".into(), 7)],
+    ));
+    batch.push(("dora".into(), "laptop".into(), Vec::new()));
+    store.advance_cursors_batch(&batch).await.unwrap();
+
+    assert_eq!(
+        cursors("dora", "phone").await,
+        [("a".to_string(), 5), ("b".to_string(), 7)],
+        "a batch never moves a cursor backwards, and moves the others"
+    );
+    assert!(cursors("dora", "laptop").await.is_empty());
+    for i in [1, 249, 250, 251, 599] {
+        assert_eq!(
+            cursors(&format!("user{i}"), "phone").await,
+            [("a".to_string(), i)],
+            "every device of the batch, whichever call carried it"
+        );
+    }
+    store.advance_cursors_batch(&[]).await.unwrap();
+}
+
 async fn suite(store: Arc<dyn Store>) {
     groups_and_members(store.as_ref()).await;
     the_log(store.as_ref()).await;
@@ -436,6 +483,7 @@ async fn suite(store: Arc<dyn Store>) {
     private_messages_and_cursors(store.as_ref()).await;
     unread_counting(store.as_ref()).await;
     offline_buffers(store.as_ref()).await;
+    batched_cursors(store.as_ref()).await;
 }
 
 #[tokio::test]

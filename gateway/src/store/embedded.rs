@@ -518,16 +518,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn advance_cursors(
-        &self,
-        user: &str,
-        device: &str,
-        updates: &[(String, u64)],
-    ) -> Result<(), StoreError> {
-        self.advance_cursors_batch(&[(user.to_owned(), device.to_owned(), updates.to_vec())])
-            .await
-    }
-
     async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
         let batch = batch.to_vec();
         self.run(move |db| {

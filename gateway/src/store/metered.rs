@@ -107,7 +107,6 @@ metered! {
     fn plugin_get(&self, plugin: &str, key: &str) -> Option<Bytes>;
     fn plugin_set(&self, plugin: &str, key: &str, value: &[u8]) -> ();
     fn plugin_delete(&self, plugin: &str, key: &str) -> ();
-    fn advance_cursors(&self, user: &str, device: &str, cursors: &[(String, u64)]) -> ();
     fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> ();
     fn counted_seq(&self, group: &str) -> u64;
     fn count_unread(&self, group: &str, from: u64, to: u64, increments: &[(String, u64)]) -> Option<Vec<(String, u64)>>;

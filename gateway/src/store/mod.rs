@@ -234,24 +234,23 @@ pub trait Store: Send + Sync + 'static {
 
     async fn plugin_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError>;
 
-    /// Advances delivery cursors (never moves one backwards).
+    /// Advances one device's delivery cursors (never moves one backwards).
     async fn advance_cursors(
         &self,
         user: &str,
         device: &str,
         cursors: &[(String, u64)],
-    ) -> Result<(), StoreError>;
-
-    /// Up to where `group`'s messages are counted in its members' unread counts.
-    /// Advances the cursors of many devices at once: `(user, device, cursors)` each. The
-    /// embedded store writes them in one transaction; the default sends them concurrently.
-    async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
-        let writes = batch
-            .iter()
-            .map(|(user, device, cursors)| self.advance_cursors(user, device, cursors));
-        futures_util::future::try_join_all(writes).await.map(drop)
+    ) -> Result<(), StoreError> {
+        self.advance_cursors_batch(&[(user.to_owned(), device.to_owned(), cursors.to_vec())])
+            .await
     }
 
+    /// Advances the cursors of many devices at once: `(user, device, cursors)` each, never
+    /// one backwards. The embedded store writes them in one transaction, Redis in a few
+    /// script calls.
+    async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError>;
+
+    /// Up to where `group`'s messages are counted in its members' unread counts.
     async fn counted_seq(&self, group: &str) -> Result<u64, StoreError>;
 
     /// Counts `group`'s messages `from + 1 ..= to`: adds each `(user, k)` to that user's

@@ -1,7 +1,8 @@
 //! The load: N members connected over QUIC speaking `chat/1` directly (a light client
 //! per member: Hello, the push stream, batched ACKs under the Welcome's policy), and one
 //! sender using the reference client library. Sender and members share this process,
-//! so a message's body carries its send time on the process's monotonic clock.
+//! so a message's body carries its send time on the process's monotonic clock; the sender
+//! runs on a thread of its own (`run.rs`), as another device would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -72,20 +72,25 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     let token = |user: &str| tokens.mint(user, 3600).expect("minting a token");
     let gateways: Vec<_> = deployment.gateways.iter().map(|g| g.addr).collect();
 
-    let sender = Client::connect(ConnectOptions::new(
-        gateways[0],
-        &deployment.cert,
-        token("sender"),
-    ))
-    .await
-    .context("connecting the sender")?;
+    // The sender is another device: on a thread of its own, so the members' backlog in
+    // this process does not hold its sends back (their lateness would count as latency).
+    let sender_thread = OwnThread::start("sender")?;
+    let sender_handle = sender_thread.handle();
+    let sender = sender_handle
+        .spawn(Client::connect(ConnectOptions::new(
+            gateways[0],
+            &deployment.cert,
+            token("sender"),
+        )))
+        .await?
+        .context("connecting the sender")?;
     let users: Vec<String> = (0..w.members).map(|i| format!("m{i}")).collect();
     let groups: Vec<String> = (0..w.groups).map(|g| format!("g{g}")).collect();
     create_groups(&sender, &groups, &users).await?;
     // The sender is a member too: take its own copies as they come.
     let drain = {
         let sender = sender.clone();
-        tokio::spawn(async move { while sender.next_message().await.is_some() {} })
+        sender_handle.spawn(async move { while sender.next_message().await.is_some() {} })
     };
 
     eprintln!("[chat-bench] connecting {} members", w.members);
@@ -120,9 +125,17 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         .into_iter()
         .map(|m| tokio::spawn(m.receive(per_member, clock.clone(), deadline)))
         .collect();
-    let send_times = SendTimes::default();
-    let send_errors = send(&sender, &groups, w, &clock, &send_times).await;
-    let send_times = send_times.into_inner().expect("send times");
+    let send_times = Arc::new(SendTimes::default());
+    let send_errors = sender_handle
+        .spawn(send(
+            sender.clone(),
+            groups.clone(),
+            w.clone(),
+            clock.clone(),
+            send_times.clone(),
+        ))
+        .await?;
+    let send_times = std::mem::take(&mut *send_times.lock().expect("send times"));
     let mut latencies = Vec::with_capacity(w.members * per_member as usize);
     let (mut deliveries, mut errors, mut last) = (0u64, 0usize, go);
     let mut connections = Vec::with_capacity(w.members);
@@ -202,6 +215,33 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     Ok(line)
 }
 
+/// A one-worker runtime on a thread of its own, shut down without blocking when dropped
+/// (it is dropped inside the run's own runtime).
+struct OwnThread(Option<tokio::runtime::Runtime>);
+
+impl OwnThread {
+    fn start(name: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (v * scale).round() / scale
@@ -239,12 +279,13 @@ async fn create_groups(sender: &Client, groups: &[String], users: &[String]) -> 
 /// it was due (lateness counts as latency); at rate 0, `window` in flight, each stamped
 /// when it goes. Returns how many sends failed.
 async fn send(
-    sender: &Client,
-    groups: &[String],
-    w: &Workload,
-    clock: &Clock,
-    times: &SendTimes,
+    sender: Client,
+    groups: Vec<String>,
+    w: Workload,
+    clock: Arc<Clock>,
+    times: Arc<SendTimes>,
 ) -> usize {
+    let (sender, w, clock, times) = (&sender, &w, &clock, &times);
     let start = Instant::now();
     let sends = (0..w.messages).map(|i| {
         let group = &groups[i % groups.len()];

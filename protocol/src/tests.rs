@@ -24,9 +24,9 @@ fn every_frame() -> Vec<Frame> {
             version: 1,
             user: "alice".into(),
             ack: AckPolicy {
-                max_delay_ms: 1000,
-                max_batch: 32,
-                retransmit_ms: 5000,
+                max_delay_ms: 5000,
+                max_batch: 64,
+                retransmit_ms: 15_000,
             },
             catch_up_ack: AckPolicy {
                 max_delay_ms: 200,
@@ -255,9 +255,9 @@ fn the_welcome_wire_layout_is_the_documented_one() {
         0x02, // Welcome
         0x00, 0x01, // version
         0x00, 0x05, b'a', b'l', b'i', b'c', b'e', // user
-        0x00, 0x00, 0x03, 0xe8, // ack.max_delay_ms 1000
-        0x00, 0x20, // ack.max_batch 32
-        0x00, 0x00, 0x13, 0x88, // ack.retransmit_ms 5000
+        0x00, 0x00, 0x13, 0x88, // ack.max_delay_ms 5000
+        0x00, 0x40, // ack.max_batch 64
+        0x00, 0x00, 0x3a, 0x98, // ack.retransmit_ms 15000
         0x00, 0x00, 0x00, 0xc8, // catch_up_ack.max_delay_ms 200
         0x01, 0x00, // catch_up_ack.max_batch 256
         0x00, 0x00, 0x27, 0x10, // catch_up_ack.retransmit_ms 10000

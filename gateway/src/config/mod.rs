@@ -78,9 +78,11 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
-    /// Receivers may hold an ACK back this long to batch it. A second by default: cursors
-    /// are written about once a second anyway, and a shorter delay costs an ACK packet
-    /// per push in groups with less than a message per delay.
+    /// Receivers may hold an ACK back this long to batch it. Five seconds by default: on a
+    /// live connection QUIC already delivers every push, so an ACK only moves the device's
+    /// resume cursor, and the delay bounds what a reconnect sends again (docs/protocol.md
+    /// §7); a shorter one costs an ACK packet, a wake-up and a cursor write per member
+    /// and delay in every busy group.
     pub ack_delay_ms: u32,
     /// Receivers ACK at once when this many pushes are waiting.
     pub ack_batch: u16,
@@ -294,9 +296,9 @@ impl Config {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            ack_delay_ms: 1_000,
-            ack_batch: 32,
-            retransmit_ms: 5_000,
+            ack_delay_ms: 5_000,
+            ack_batch: 64,
+            retransmit_ms: 15_000,
             window: 1024,
             queue: 1024,
             background: Background::Compact,

@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {
-//!   "live":     {"max_delay_ms": 1000, "max_batch": 32,  "retransmit_ms": 5000},
+//!   "live":     {"max_delay_ms": 5000, "max_batch": 64,  "retransmit_ms": 15000},
 //!   "catch_up": {"max_delay_ms": 200,  "max_batch": 256, "retransmit_ms": 10000}
 //! }
 //! ```
@@ -54,7 +54,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    const LIVE: Self = Self::new(1_000, 32, 5_000);
+    const LIVE: Self = Self::new(5_000, 64, 15_000);
     const CATCH_UP: Self = Self::new(200, 256, 10_000);
 
     const fn new(max_delay_ms: u32, max_batch: u16, retransmit_ms: u32) -> Self {
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn defaults_per_delivery_kind() {
         let host = TestHost::new();
-        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 32, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(5_000, 64, 15_000));
         assert_eq!(policy(&host, Delivery::CatchUp), ack(200, 256, 10_000));
         assert!(host.logs().is_empty());
     }
@@ -166,13 +166,13 @@ mod tests {
         let host = TestHost::new().with_config(
             r#"{"live": {"max_batch": 8}, "catch_up": {"max_delay_ms": 1000, "retransmit_ms": 30000}}"#,
         );
-        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 8, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(5_000, 8, 15_000));
         assert_eq!(policy(&host, Delivery::CatchUp), ack(1_000, 256, 30_000));
     }
 
     #[test]
     fn invalid_policy_logs_a_warning_and_keeps_the_default() {
-        let host = TestHost::new().with_config(r#"{"live": {"max_delay_ms": 5000}}"#);
+        let host = TestHost::new().with_config(r#"{"live": {"max_delay_ms": 15000}}"#);
         assert_eq!(policy(&host, Delivery::Live), None);
         let logs = host.logs();
         assert_eq!(logs.len(), 1);
@@ -180,7 +180,7 @@ mod tests {
         assert!(
             logs[0]
                 .1
-                .contains("retransmit_ms (5000) must be greater than max_delay_ms (5000)"),
+                .contains("retransmit_ms (15000) must be greater than max_delay_ms (15000)"),
             "{logs:?}"
         );
         // The other kind is still valid.
@@ -193,7 +193,7 @@ mod tests {
                 .1
                 .contains("catch_up: max_batch must be at least 1")
         );
-        assert_eq!(policy(&host, Delivery::Live), ack(1_000, 32, 5_000));
+        assert_eq!(policy(&host, Delivery::Live), ack(5_000, 64, 15_000));
     }
 
     #[test]

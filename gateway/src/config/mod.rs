@@ -481,7 +481,7 @@ mod tests {
     fn an_empty_file_is_the_defaults() {
         let config: Config = toml::from_str("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:4433".parse().unwrap());
-        assert_eq!(config.delivery.retransmit_ms, 5_000);
+        assert_eq!(config.delivery.retransmit_ms, 15_000);
     }
 
     #[test]

@@ -224,14 +224,8 @@ async fn private_messages_and_cursors(store: &dyn Store) {
     );
     assert_eq!(page[1].visible_to, None);
 
-    store
-        .advance_cursors("bob", "phone", &[("p".into(), 2)])
-        .await
-        .unwrap();
-    store
-        .advance_cursors("bob", "phone", &[("p".into(), 1)])
-        .await
-        .unwrap();
+    advance(store, "bob", "phone", &[("p", 2)]).await;
+    advance(store, "bob", "phone", &[("p", 1)]).await;
     assert_eq!(
         store.cursors("bob", "phone").await.unwrap(),
         [("p".to_string(), 2)],
@@ -429,6 +423,15 @@ async fn batched_appends(store: &dyn Store) {
     assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
 }
 
+/// Advances one device's cursors.
+async fn advance(store: &dyn Store, user: &str, device: &str, cursors: &[(&str, u64)]) {
+    let cursors = cursors.iter().map(|(g, s)| (g.to_string(), *s)).collect();
+    store
+        .advance_cursors_batch(&[(user.to_owned(), device.to_owned(), cursors)])
+        .await
+        .unwrap();
+}
+
 /// Cursors of many devices in one call, more than one script call's worth on Redis.
 async fn batched_cursors(store: &dyn Store) {
     let cursors = |user: &str, device: &str| {
@@ -439,10 +442,7 @@ async fn batched_cursors(store: &dyn Store) {
             cursors
         }
     };
-    store
-        .advance_cursors("dora", "phone", &[("a".into(), 5)])
-        .await
-        .unwrap();
+    advance(store, "dora", "phone", &[("a", 5)]).await;
     let mut batch: Vec<_> = (0..600)
         .map(|i| {
             (

@@ -234,17 +234,6 @@ pub trait Store: Send + Sync + 'static {
 
     async fn plugin_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError>;
 
-    /// Advances one device's delivery cursors (never moves one backwards).
-    async fn advance_cursors(
-        &self,
-        user: &str,
-        device: &str,
-        cursors: &[(String, u64)],
-    ) -> Result<(), StoreError> {
-        self.advance_cursors_batch(&[(user.to_owned(), device.to_owned(), cursors.to_vec())])
-            .await
-    }
-
     /// Advances the cursors of many devices at once: `(user, device, cursors)` each, never
     /// one backwards. The embedded store writes them in one transaction, Redis in a few
     /// script calls.

@@ -228,8 +228,9 @@ return 1
     )
 });
 
-/// Devices whose cursors one script call advances on a single server.
-const CURSOR_DEVICES_PER_CALL: usize = 250;
+/// Users whose keys (offline references, cursors) one script call carries on a single
+/// server; a Cluster takes one per call (`RedisStore::users_per_call`).
+const USERS_PER_CALL: usize = 250;
 
 /// Counts a range of a group's messages once. KEYS: meta, unread. ARGV: from, to, then
 /// user, increment pairs. Returns the new counts in order, or -1 if counted is not `from`.
@@ -286,9 +287,6 @@ return 1
     )
 });
 
-/// Users whose offline references one script call writes on a single server.
-const OFFLINE_USERS_PER_CALL: usize = 250;
-
 /// KEYS: offline seqs, offline positions. ARGV: device. Returns {entries, head, evicted, synced}.
 static OFFLINE_READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -336,11 +334,11 @@ impl RedisStore {
         self.redis.clone()
     }
 
-    /// How many users' keys one script call may carry: `on_a_server` on one server, one on
-    /// a Cluster (different users' keys live on different slots).
-    fn users_per_call(&self, on_a_server: usize) -> usize {
+    /// How many users' keys one script call may carry: `USERS_PER_CALL` on one server, one
+    /// on a Cluster (different users' keys live on different slots).
+    fn users_per_call(&self) -> usize {
         match self.redis {
-            RedisConnection::Server(_) => on_a_server,
+            RedisConnection::Server(_) => USERS_PER_CALL,
             RedisConnection::Cluster(_) => 1,
         }
     }
@@ -697,7 +695,7 @@ impl Store for RedisStore {
     }
 
     async fn advance_cursors_batch(&self, batch: &[CursorAdvance]) -> Result<(), StoreError> {
-        let per_call = self.users_per_call(CURSOR_DEVICES_PER_CALL);
+        let per_call = self.users_per_call();
         // All calls in flight at once; one per device was 5,000 calls a second for a
         // 5,000-member group.
         let writes = batch
@@ -729,7 +727,7 @@ impl Store for RedisStore {
         refs: &[(String, u64)],
         capacity: usize,
     ) -> Result<(), StoreError> {
-        let per_call = self.users_per_call(OFFLINE_USERS_PER_CALL);
+        let per_call = self.users_per_call();
         // All calls in flight at once.
         let writes = refs
             .chunks(per_call)

@@ -47,6 +47,9 @@ const OFFLINE_ORDER: TableDefinition<(&str, u64), &str> = TableDefinition::new("
 const OFFLINE_HEAD: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("offline_head");
 /// (user, device) → the position up to which the device had everything.
 const OFFLINE_SYNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("offline_synced");
+/// user → the furthest position any of their devices synced to: an entry there is written
+/// again at the next position, so that a device synced before the write cannot miss it.
+const OFFLINE_SYNCED_MAX: TableDefinition<&str, u64> = TableDefinition::new("offline_synced_max");
 
 /// redb-backed [`Store`] for a single node.
 #[derive(Clone)]
@@ -99,6 +102,7 @@ impl EmbeddedStore {
         tx.open_table(OFFLINE_ORDER)?;
         tx.open_table(OFFLINE_HEAD)?;
         tx.open_table(OFFLINE_SYNCED)?;
+        tx.open_table(OFFLINE_SYNCED_MAX)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -668,12 +672,23 @@ impl Store for EmbeddedStore {
                 let mut entries = tx.open_table(OFFLINE)?;
                 let mut order = tx.open_table(OFFLINE_ORDER)?;
                 let mut heads = tx.open_table(OFFLINE_HEAD)?;
+                let synced_max = tx.open_table(OFFLINE_SYNCED_MAX)?;
                 for (user, seq) in &refs {
                     let user = user.as_str();
                     let (head, mut evicted, mut len) =
                         heads.get(user)?.map_or((0, 0, 0), |v| v.value());
-                    let position = head + 1;
                     let previous = entries.get((user, group.as_str()))?.map(|v| v.value());
+                    if let Some((old_seq, old_position)) = previous
+                        && old_position == head
+                        && synced_max.get(user)?.is_none_or(|v| v.value() < head)
+                    {
+                        // Already the user's latest write, and no device synced since: the
+                        // order stays as it is, only the seq moves (the common case: a busy
+                        // group, flushed each tick).
+                        entries.insert((user, group.as_str()), (old_seq.max(*seq), head))?;
+                        continue;
+                    }
+                    let position = head + 1;
                     let seq = match previous {
                         Some((old_seq, old_position)) => {
                             order.remove((user, old_position))?;
@@ -754,6 +769,13 @@ impl Store for EmbeddedStore {
                 let key = (user.as_str(), device.as_str());
                 if synced.get(key)?.is_none_or(|v| v.value() < position) {
                     synced.insert(key, position)?;
+                }
+                let mut synced_max = tx.open_table(OFFLINE_SYNCED_MAX)?;
+                if synced_max
+                    .get(user.as_str())?
+                    .is_none_or(|v| v.value() < position)
+                {
+                    synced_max.insert(user.as_str(), position)?;
                 }
             }
             tx.commit()?;

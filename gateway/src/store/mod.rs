@@ -270,7 +270,10 @@ pub trait Store: Send + Sync + 'static {
     async fn unread(&self, user: &str) -> Result<Vec<UnreadState>, StoreError>;
 
     /// Adds references to the offline buffers of these users: `(user, latest seq)` of
-    /// `group`, keeping each user's `capacity` most recently written groups.
+    /// `group`, keeping each user's `capacity` most recently written groups. A reference
+    /// to the group a user's buffer was last written for stays at its position (only its
+    /// seq moves) unless a device synced at that position since: a busy group costs one
+    /// write per member and flush, not three.
     async fn buffer_offline(
         &self,
         group: &str,

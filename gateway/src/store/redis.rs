@@ -19,7 +19,7 @@
 //! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
 //! | `chat:{u:U}:offline` | sorted set | offline buffer: group scored by the position of its latest write |
 //! | `chat:{u:U}:offline:seq` | hash | offline buffer: group → latest seq referenced |
-//! | `chat:{u:U}:offline:pos` | hash | `head`, `evicted` positions; `synced:D` of each device D |
+//! | `chat:{u:U}:offline:pos` | hash | `head`, `evicted` positions; `synced:D` of each device D, `synced` the furthest of them |
 //! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
 //! | `chat:gateways` | sorted set | live gateway ids scored by expiry: who flushes which group's unread counts |
 //!
@@ -262,7 +262,8 @@ return 1
 
 /// KEYS: offline order, offline seqs, offline positions of each user in turn. ARGV:
 /// group, capacity, then each user's seq. Writes each user's reference at their next
-/// position and evicts their oldest past the capacity.
+/// position (or where it is, if it is their latest write already and no device synced
+/// since) and evicts their oldest past the capacity.
 static OFFLINE_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -270,16 +271,21 @@ local group, capacity = ARGV[1], tonumber(ARGV[2])
 for u = 0, #KEYS / 3 - 1 do
   local order, seqs, positions = KEYS[3 * u + 1], KEYS[3 * u + 2], KEYS[3 * u + 3]
   local seq = ARGV[u + 3]
-  local position = redis.call('HINCRBY', positions, 'head', 1)
-  redis.call('ZADD', order, position, group)
   if tonumber(seq) > tonumber(redis.call('HGET', seqs, group) or '0') then
     redis.call('HSET', seqs, group, seq)
   end
-  local excess = redis.call('ZCARD', order) - capacity
-  if excess > 0 then
-    local gone = redis.call('ZPOPMIN', order, excess)
-    for i = 1, #gone, 2 do redis.call('HDEL', seqs, gone[i]) end
-    redis.call('HSET', positions, 'evicted', gone[#gone])
+  local marks = redis.call('HMGET', positions, 'head', 'synced')
+  local head = tonumber(marks[1] or '0')
+  if tonumber(marks[2] or '0') >= head
+    or tonumber(redis.call('ZSCORE', order, group) or '-1') ~= head then
+    local position = redis.call('HINCRBY', positions, 'head', 1)
+    redis.call('ZADD', order, position, group)
+    local excess = redis.call('ZCARD', order) - capacity
+    if excess > 0 then
+      local gone = redis.call('ZPOPMIN', order, excess)
+      for i = 1, #gone, 2 do redis.call('HDEL', seqs, gone[i]) end
+      redis.call('HSET', positions, 'evicted', gone[#gone])
+    end
   end
 end
 return 1
@@ -297,13 +303,15 @@ return {redis.call('HGETALL', KEYS[1]), positions[1] or '0', positions[2] or '0'
     )
 });
 
-/// KEYS: offline positions. ARGV: device, position. Moves the device's synced position forward.
+/// KEYS: offline positions. ARGV: device, position. Moves the device's synced position
+/// forward, and the user's furthest (`synced`).
 static OFFLINE_SYNCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local field = 'synced:' .. ARGV[1]
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
-  redis.call('HSET', KEYS[1], field, ARGV[2])
+for _, field in ipairs({'synced:' .. ARGV[1], 'synced'}) do
+  if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
+    redis.call('HSET', KEYS[1], field, ARGV[2])
+  end
 end
 return 1
 "#,

@@ -103,6 +103,12 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
 
     let counters_before = deployment.counters(COUNTERS).await;
     let drops = procfs::udp_buffer_drops();
+    let load_ports: Vec<u16> = endpoints
+        .iter()
+        .filter_map(|e| e.local_addr().ok().map(|a| a.port()))
+        .collect();
+    let gateway_ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
+    let socket_drops = [&load_ports, &gateway_ports].map(|p| procfs::udp_socket_drops(p));
     let load_cpu = procfs::own_cpu();
     let redis_cpu = deployment.redis_cpu();
     let cpu = deployment.cpu();
@@ -204,6 +210,8 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         "send_errors": send_errors,
         "member_errors": errors,
         "udp_buf_drops": procfs::udp_buffer_drops().saturating_sub(drops),
+        "load_udp_drops": procfs::udp_socket_drops(&load_ports).saturating_sub(socket_drops[0]),
+        "gateway_udp_drops": procfs::udp_socket_drops(&gateway_ports).saturating_sub(socket_drops[1]),
         "payload_bytes": w.payload_bytes,
         "threads": 1,
     });

@@ -49,6 +49,7 @@ const OFFLINE_HEAD: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::ne
 const OFFLINE_SYNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("offline_synced");
 /// user → the furthest position any of their devices synced to: an entry there is written
 /// again at the next position, so that a device synced before the write cannot miss it.
+/// A user without one (no sync since this table came) gets every write moved.
 const OFFLINE_SYNCED_MAX: TableDefinition<&str, u64> = TableDefinition::new("offline_synced_max");
 
 /// redb-backed [`Store`] for a single node.
@@ -680,7 +681,7 @@ impl Store for EmbeddedStore {
                     let previous = entries.get((user, group.as_str()))?.map(|v| v.value());
                     if let Some((old_seq, old_position)) = previous
                         && old_position == head
-                        && synced_max.get(user)?.is_none_or(|v| v.value() < head)
+                        && synced_max.get(user)?.is_some_and(|v| v.value() < head)
                     {
                         // Already the user's latest write, and no device synced since: the
                         // order stays as it is, only the seq moves (the common case: a busy

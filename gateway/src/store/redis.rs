@@ -276,7 +276,7 @@ for u = 0, #KEYS / 3 - 1 do
   end
   local marks = redis.call('HMGET', positions, 'head', 'synced')
   local head = tonumber(marks[1] or '0')
-  if tonumber(marks[2] or '0') >= head
+  if not marks[2] or tonumber(marks[2]) >= head
     or tonumber(redis.call('ZSCORE', order, group) or '-1') ~= head then
     local position = redis.call('HINCRBY', positions, 'head', 1)
     redis.call('ZADD', order, position, group)
@@ -304,14 +304,17 @@ return {redis.call('HGETALL', KEYS[1]), positions[1] or '0', positions[2] or '0'
 });
 
 /// KEYS: offline positions. ARGV: device, position. Moves the device's synced position
-/// forward, and the user's furthest (`synced`).
+/// forward, and the user's furthest (`synced`; written even at 0: without it, every
+/// offline write moves, as before it existed).
 static OFFLINE_SYNCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-for _, field in ipairs({'synced:' .. ARGV[1], 'synced'}) do
-  if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
-    redis.call('HSET', KEYS[1], field, ARGV[2])
-  end
+local position, field = tonumber(ARGV[2]), 'synced:' .. ARGV[1]
+if position > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
+  redis.call('HSET', KEYS[1], field, ARGV[2])
+end
+if position > tonumber(redis.call('HGET', KEYS[1], 'synced') or '-1') then
+  redis.call('HSET', KEYS[1], 'synced', ARGV[2])
 end
 return 1
 "#,

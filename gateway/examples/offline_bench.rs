@@ -1,7 +1,7 @@
 //! What writing the offline buffer costs the store: once per count flush, a busy group
 //! writes a reference into the buffer of every member. *Busy*: the same group flushed
-//! again and again (each member's latest write is that group already, and their device's
-//! sync point is older: updated in place);
+//! again and again (each member's latest write is that group already, and no device synced
+//! there: updated in place);
 //! *alternating*: two groups in turn (each write moves the entry to the buffer's next
 //! position). Embedded store (a temporary directory) and Redis (its own `redis-server`),
 //! 1,000 / 5,000 / 10,000 members. Prints one JSON object per row, then a table.
@@ -40,11 +40,6 @@ async fn main() -> anyhow::Result<()> {
                     .collect()
             };
             let (busy, alternating) = (format!("busy{members}"), format!("alt{members}"));
-            // Each member's phone connected once, to an empty buffer (the sync point a
-            // connect records): without one, every write moves.
-            for (user, _) in refs(0) {
-                store.offline_synced(&user, "phone", 0).await?;
-            }
             // The first write of each member's entry, not timed.
             store.buffer_offline(&busy, &refs(1), CAPACITY).await?;
             let in_place = time_flushes(|seq| {

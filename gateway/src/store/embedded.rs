@@ -47,10 +47,6 @@ const OFFLINE_ORDER: TableDefinition<(&str, u64), &str> = TableDefinition::new("
 const OFFLINE_HEAD: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("offline_head");
 /// (user, device) → the position up to which the device had everything.
 const OFFLINE_SYNCED: TableDefinition<(&str, &str), u64> = TableDefinition::new("offline_synced");
-/// user → the furthest position any of their devices synced to: an entry there is written
-/// again at the next position, so that a device synced before the write cannot miss it.
-/// A user without one (no sync since this table came) gets every write moved.
-const OFFLINE_SYNCED_MAX: TableDefinition<&str, u64> = TableDefinition::new("offline_synced_max");
 
 /// redb-backed [`Store`] for a single node.
 #[derive(Clone)]
@@ -103,7 +99,6 @@ impl EmbeddedStore {
         tx.open_table(OFFLINE_ORDER)?;
         tx.open_table(OFFLINE_HEAD)?;
         tx.open_table(OFFLINE_SYNCED)?;
-        tx.open_table(OFFLINE_SYNCED_MAX)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -165,6 +160,24 @@ fn append_in(tx: &redb::WriteTransaction, m: &NewMessage) -> Result<Appended, St
         ts_ms: m.ts_ms,
         duplicate: false,
     })
+}
+
+/// Whether one of `user`'s devices recorded a sync point at `position` or later.
+fn synced_at(
+    synced: &impl ReadableTable<(&'static str, &'static str), u64>,
+    user: &str,
+    position: u64,
+) -> Result<bool, StoreError> {
+    for entry in synced.range((user, "")..)? {
+        let (key, at) = entry?;
+        if key.value().0 != user {
+            break;
+        }
+        if at.value() >= position {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A write transaction that skips the fsync: for state derived from the durable log or
@@ -673,7 +686,7 @@ impl Store for EmbeddedStore {
                 let mut entries = tx.open_table(OFFLINE)?;
                 let mut order = tx.open_table(OFFLINE_ORDER)?;
                 let mut heads = tx.open_table(OFFLINE_HEAD)?;
-                let synced_max = tx.open_table(OFFLINE_SYNCED_MAX)?;
+                let synced = tx.open_table(OFFLINE_SYNCED)?;
                 for (user, seq) in &refs {
                     let user = user.as_str();
                     let (head, mut evicted, mut len) =
@@ -681,11 +694,12 @@ impl Store for EmbeddedStore {
                     let previous = entries.get((user, group.as_str()))?.map(|v| v.value());
                     if let Some((old_seq, old_position)) = previous
                         && old_position == head
-                        && synced_max.get(user)?.is_some_and(|v| v.value() < head)
+                        && !synced_at(&synced, user, head)?
                     {
-                        // Already the user's latest write, and no device synced since: the
+                        // Already the user's latest write, and no device synced there: the
                         // order stays as it is, only the seq moves (the common case: a busy
-                        // group, flushed each tick).
+                        // group, flushed each tick). Had one synced there, evicting the
+                        // entry later must still tell it: the write moves on.
                         entries.insert((user, group.as_str()), (old_seq.max(*seq), head))?;
                         continue;
                     }
@@ -770,13 +784,6 @@ impl Store for EmbeddedStore {
                 let key = (user.as_str(), device.as_str());
                 if synced.get(key)?.is_none_or(|v| v.value() < position) {
                     synced.insert(key, position)?;
-                }
-                let mut synced_max = tx.open_table(OFFLINE_SYNCED_MAX)?;
-                if synced_max
-                    .get(user.as_str())?
-                    .is_none_or(|v| v.value() < position)
-                {
-                    synced_max.insert(user.as_str(), position)?;
                 }
             }
             tx.commit()?;

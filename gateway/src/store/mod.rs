@@ -272,8 +272,8 @@ pub trait Store: Send + Sync + 'static {
     /// Adds references to the offline buffers of these users: `(user, latest seq)` of
     /// `group`, keeping each user's `capacity` most recently written groups. A reference
     /// to the group a user's buffer was last written for stays at its position (only its
-    /// seq moves) once one of the user's devices has recorded a sync point, and none at
-    /// that position: a busy group costs one write per member and flush, not three.
+    /// seq moves) unless one of the user's devices synced at that position: a busy group
+    /// costs one write per member and flush, not three.
     async fn buffer_offline(
         &self,
         group: &str,

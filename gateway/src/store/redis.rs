@@ -19,7 +19,7 @@
 //! | `chat:{u:U}:cursors:D` | hash | group → highest acknowledged seq of device D |
 //! | `chat:{u:U}:offline` | sorted set | offline buffer: group scored by the position of its latest write |
 //! | `chat:{u:U}:offline:seq` | hash | offline buffer: group → latest seq referenced |
-//! | `chat:{u:U}:offline:pos` | hash | `head`, `evicted` positions; `synced:D` of each device D, `synced` the furthest of them |
+//! | `chat:{u:U}:offline:pos` | hash | `head`, `evicted` positions; `synced:D` of each device D |
 //! | `chat:{p:P}:kv` | hash | plugin P's key-value store |
 //! | `chat:gateways` | sorted set | live gateway ids scored by expiry: who flushes which group's unread counts |
 //!
@@ -263,7 +263,7 @@ return 1
 /// KEYS: offline order, offline seqs, offline positions of each user in turn. ARGV:
 /// group, capacity, then each user's seq. Writes each user's reference at their next
 /// position (or where it is, if it is their latest write already and no device synced
-/// since) and evicts their oldest past the capacity.
+/// there) and evicts their oldest past the capacity.
 static OFFLINE_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -274,10 +274,18 @@ for u = 0, #KEYS / 3 - 1 do
   if tonumber(seq) > tonumber(redis.call('HGET', seqs, group) or '0') then
     redis.call('HSET', seqs, group, seq)
   end
-  local marks = redis.call('HMGET', positions, 'head', 'synced')
-  local head = tonumber(marks[1] or '0')
-  if not marks[2] or tonumber(marks[2]) >= head
-    or tonumber(redis.call('ZSCORE', order, group) or '-1') ~= head then
+  local head = tonumber(redis.call('HGET', positions, 'head') or '0')
+  local move = tonumber(redis.call('ZSCORE', order, group) or '-1') ~= head
+  if not move then
+    -- A device synced there: evicting the entry later must still tell it.
+    local marks = redis.call('HGETALL', positions)
+    for i = 1, #marks, 2 do
+      if string.sub(marks[i], 1, 7) == 'synced:' and tonumber(marks[i + 1]) >= head then
+        move = true
+      end
+    end
+  end
+  if move then
     local position = redis.call('HINCRBY', positions, 'head', 1)
     redis.call('ZADD', order, position, group)
     local excess = redis.call('ZCARD', order) - capacity
@@ -303,18 +311,13 @@ return {redis.call('HGETALL', KEYS[1]), positions[1] or '0', positions[2] or '0'
     )
 });
 
-/// KEYS: offline positions. ARGV: device, position. Moves the device's synced position
-/// forward, and the user's furthest (`synced`; written even at 0: without it, every
-/// offline write moves, as before it existed).
+/// KEYS: offline positions. ARGV: device, position. Moves the device's synced position forward.
 static OFFLINE_SYNCED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local position, field = tonumber(ARGV[2]), 'synced:' .. ARGV[1]
-if position > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
+local field = 'synced:' .. ARGV[1]
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], field) or '0') then
   redis.call('HSET', KEYS[1], field, ARGV[2])
-end
-if position > tonumber(redis.call('HGET', KEYS[1], 'synced') or '-1') then
-  redis.call('HSET', KEYS[1], 'synced', ARGV[2])
 end
 return 1
 "#,

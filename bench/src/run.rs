@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::deployment::{Deployment, Launch, SECRET, Variant};
-use crate::load::{self, Clock};
+use crate::load::{self, Clock, Load};
 use crate::procfs;
 
 /// Gateway counters read before and after the messages (summed over gateways).
@@ -96,19 +96,15 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     eprintln!("[chat-bench] connecting {} members", w.members);
     let rss_before = deployment.rss_kb();
     let connect_started = Instant::now();
-    let endpoints = load::endpoints(w.members, &deployment.cert)?;
-    let members = load::connect(&endpoints, &gateways, &users, token, w.background).await?;
+    let members = Load::join(&gateways, &users, token, w.background, &deployment.cert).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
     let rss_connected = deployment.rss_kb();
 
     let counters_before = deployment.counters(COUNTERS).await;
     let drops = procfs::udp_buffer_drops();
-    let load_ports: Vec<u16> = endpoints
-        .iter()
-        .filter_map(|e| e.local_addr().ok().map(|a| a.port()))
-        .collect();
+    let load_ports = members.ports();
     let gateway_ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
-    let socket_drops = [&load_ports, &gateway_ports].map(|p| procfs::udp_socket_drops(p));
+    let socket_drops = [load_ports, &gateway_ports].map(procfs::udp_socket_drops);
     let load_cpu = procfs::own_cpu();
     let redis_cpu = deployment.redis_cpu();
     let cpu = deployment.cpu();
@@ -126,11 +122,7 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
     };
     let go = Instant::now();
     let deadline = go + patience;
-    let before: Vec<quinn::ConnectionStats> = members.iter().map(|m| m.stats()).collect();
-    let receivers: Vec<_> = members
-        .into_iter()
-        .map(|m| tokio::spawn(m.receive(per_member, clock.clone(), deadline)))
-        .collect();
+    let received = members.receive(per_member, clock.clone(), deadline);
     let send_times = Arc::new(SendTimes::default());
     let send_errors = sender_handle
         .spawn(send(
@@ -141,27 +133,27 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
             send_times.clone(),
         ))
         .await?;
+    let received = received.await;
     let send_times = std::mem::take(&mut *send_times.lock().expect("send times"));
-    let mut latencies = Vec::with_capacity(w.members * per_member as usize);
-    let (mut deliveries, mut errors, mut last) = (0u64, 0usize, go);
-    let mut connections = Vec::with_capacity(w.members);
-    for receiver in receivers {
-        let received = receiver.await?;
-        deliveries += received.unique;
-        latencies.extend(received.latencies_us);
-        for (group, first, last, at) in received.notices {
-            let sent = &send_times[&group];
-            latencies.extend((first..=last).filter_map(|seq| {
-                let us = at.saturating_sub(*sent.get(&seq)?) / 1000;
-                Some(us.min(u32::MAX.into()) as u32)
-            }));
-        }
-        errors += usize::from(received.error.is_some());
-        last = last.max(received.last_at.unwrap_or(go));
-        connections.push(received.connection);
+    let seen = received.seen;
+    let deliveries = seen.unique;
+    let mut latencies = seen.latencies_us;
+    for (group, first, last, at) in seen.notices {
+        let sent = &send_times[&group];
+        latencies.extend((first..=last).filter_map(|seq| {
+            let us = at.saturating_sub(*sent.get(&seq)?) / 1000;
+            Some(us.min(u32::MAX.into()) as u32)
+        }));
     }
+    if let Some(error) = &received.first_error {
+        eprintln!(
+            "[chat-bench] {} member(s) failed; first: {error}",
+            received.errors
+        );
+    }
+    let last = seen.last_at.unwrap_or(go).max(go);
     let duration = last.duration_since(go).as_secs_f64().max(1e-9);
-    let transport = load::Transport::between(&before, &connections);
+    let transport = received.transport;
     eprintln!("[chat-bench] members' QUIC frames: {}", transport.frames());
     let server_cpu = deployment.cpu().saturating_sub(cpu).as_secs_f64();
     let counters_after = deployment.counters(COUNTERS).await;
@@ -208,16 +200,14 @@ pub async fn run(workload: &Workload, variant: Variant, gateway: &Launch) -> any
         "gateway_packets_lost": packets_lost,
         "retransmits": retransmits,
         "send_errors": send_errors,
-        "member_errors": errors,
+        "member_errors": received.errors,
         "udp_buf_drops": procfs::udp_buffer_drops().saturating_sub(drops),
-        "load_udp_drops": procfs::udp_socket_drops(&load_ports).saturating_sub(socket_drops[0]),
+        "load_udp_drops": procfs::udp_socket_drops(load_ports).saturating_sub(socket_drops[0]),
         "gateway_udp_drops": procfs::udp_socket_drops(&gateway_ports).saturating_sub(socket_drops[1]),
         "payload_bytes": w.payload_bytes,
         "threads": 1,
     });
-    for connection in connections {
-        connection.close(0u32.into(), b"done");
-    }
+    drop(members);
     sender.close().await;
     drain.abort();
     Ok(line)

@@ -9,7 +9,10 @@
 //! are polled, and all timeouts live in one ordered set.
 //!
 //! The streams are the gateway's (docs/protocol.md): the client opens one bidirectional
-//! *control* stream, the gateway opens one unidirectional *push* stream.
+//! *control* stream, the gateway opens one unidirectional *push* stream. The driver runs
+//! either end: the gateway's ([`Driver::new`]: accepts, reads control, writes both) or
+//! many members' ([`Driver::client`]: connects, writes control, reads both), which is how
+//! chat-bench's load generator drives thousands of members on one loop.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -18,12 +21,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ConnectionError, ConnectionHandle, ConnectionStats, DatagramEvent, Dir, EcnCodepoint, Endpoint,
-    EndpointConfig, ServerConfig, StreamEvent, StreamId, Transmit, VarInt,
+    ClientConfig, ConnectError, ConnectionError, ConnectionHandle, ConnectionStats, DatagramEvent,
+    Dir, EcnCodepoint, Endpoint, EndpointConfig, ServerConfig, StreamEvent, StreamId, Transmit,
+    VarInt,
 };
 
-/// Most bytes of the control stream handed over per [`Event::Control`].
-const CONTROL_READ: usize = 64 * 1024;
+/// Most bytes of a stream handed over per [`Event::Control`] or [`Event::Push`].
+const STREAM_READ: usize = 64 * 1024;
 
 /// A connection, as long as it lives: a key whose connection is gone matches nothing,
 /// even after its slot holds a newer connection.
@@ -49,6 +53,10 @@ pub enum Event {
     Control { conn: ConnKey, bytes: Bytes },
     /// The client finished or reset its control stream.
     ControlEnded { conn: ConnKey },
+    /// Bytes of the push stream, in order (at a client).
+    Push { conn: ConnKey, bytes: Bytes },
+    /// The gateway finished or reset its push stream (at a client).
+    PushEnded { conn: ConnKey },
     /// The connection is gone (after [`Event::Connected`] only); its key is dead.
     Closed {
         conn: ConnKey,
@@ -85,7 +93,8 @@ pub trait Transmitter {
 
 pub struct Driver {
     endpoint: Endpoint,
-    server_config: Arc<ServerConfig>,
+    /// None at a client's end.
+    server_config: Option<Arc<ServerConfig>>,
     accepting: bool,
     slots: Vec<Slot>,
     /// Slots holding a connection.
@@ -113,6 +122,8 @@ struct Conn {
     /// `Closed` was reported (or, never connected, is not to be).
     ended: bool,
     control: Option<StreamId>,
+    /// Open the control stream as soon as the server allows it (at a client).
+    control_wanted: bool,
     /// The caller holds enough unread control bytes: leave the rest in the stream, so
     /// its flow control holds the client back.
     control_paused: bool,
@@ -121,27 +132,38 @@ struct Conn {
     control_out: Outbox,
     push: Option<StreamId>,
     push_wanted: bool,
+    /// Read the push stream at the next poll (at a client).
+    push_unread: bool,
     push_out: Outbox,
     timer: Option<Instant>,
     dirty: bool,
 }
 
 impl Driver {
-    /// `max_datagrams`: what one send may carry (`quinn::udp`'s GSO segments, 1 without).
+    /// The gateway's end. `max_datagrams`: what one send may carry (`quinn::udp`'s GSO
+    /// segments, 1 without).
     pub fn new(
         endpoint_config: EndpointConfig,
         server_config: Arc<ServerConfig>,
         max_datagrams: usize,
     ) -> Self {
+        Self::with_server(endpoint_config, Some(server_config), max_datagrams)
+    }
+
+    /// The clients' end: connections start with [`Driver::connect`]; nothing is accepted.
+    pub fn client(endpoint_config: EndpointConfig, max_datagrams: usize) -> Self {
+        Self::with_server(endpoint_config, None, max_datagrams)
+    }
+
+    fn with_server(
+        endpoint_config: EndpointConfig,
+        server_config: Option<Arc<ServerConfig>>,
+        max_datagrams: usize,
+    ) -> Self {
         Self {
-            endpoint: Endpoint::new(
-                Arc::new(endpoint_config),
-                Some(server_config.clone()),
-                true,
-                None,
-            ),
+            endpoint: Endpoint::new(Arc::new(endpoint_config), server_config.clone(), true, None),
+            accepting: server_config.is_some(),
             server_config,
-            accepting: true,
             slots: Vec::new(),
             live: 0,
             dirty: VecDeque::new(),
@@ -153,9 +175,29 @@ impl Driver {
         }
     }
 
-    /// While false, new connections are refused (a draining gateway).
+    /// While false, new connections are refused (a draining gateway). A client's end
+    /// never accepts.
     pub fn set_accepting(&mut self, accepting: bool) {
-        self.accepting = accepting;
+        self.accepting = accepting && self.server_config.is_some();
+    }
+
+    /// Starts a connection to a gateway; its control stream opens once the handshake
+    /// allows, with what [`Driver::write_control`] queued meanwhile first on it.
+    /// [`Event::Connected`] follows (or [`Event::HandshakeFailed`]).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<ConnKey, ConnectError> {
+        let (handle, inner) = self.endpoint.connect(now, config, remote, server_name)?;
+        let conn = self.insert(handle, inner);
+        conn.control_wanted = true;
+        Ok(ConnKey {
+            index: handle.0 as u32,
+            generation: self.slots[handle.0].generation,
+        })
     }
 
     /// Connections open or closing.
@@ -192,9 +234,11 @@ impl Driver {
                     self.events.push_back(Event::Refused { remote });
                     return;
                 }
-                let config = Some(self.server_config.clone());
+                let config = self.server_config.clone();
                 match self.endpoint.accept(incoming, now, &mut response, config) {
-                    Ok((handle, inner)) => self.insert(handle, inner),
+                    Ok((handle, inner)) => {
+                        self.insert(handle, inner);
+                    }
                     Err(error) => {
                         if let Some(transmit) = error.response {
                             tx.send(&transmit, &response[..transmit.size]);
@@ -212,7 +256,7 @@ impl Driver {
         }
     }
 
-    fn insert(&mut self, handle: ConnectionHandle, inner: quinn_proto::Connection) {
+    fn insert(&mut self, handle: ConnectionHandle, inner: quinn_proto::Connection) -> &mut Conn {
         if self.slots.len() <= handle.0 {
             self.slots.resize_with(handle.0 + 1, Slot::default);
         }
@@ -224,16 +268,19 @@ impl Driver {
             connected: false,
             ended: false,
             control: None,
+            control_wanted: false,
             control_paused: false,
             control_unread: false,
             control_out: Outbox::default(),
             push: None,
             push_wanted: false,
+            push_unread: false,
             push_out: Outbox::default(),
             timer: None,
             dirty: false,
         });
         mark(&mut self.dirty, conn, handle.0);
+        conn
     }
 
     /// The earliest moment [`Driver::handle_timeouts`] has work.
@@ -399,24 +446,44 @@ impl Driver {
                         Event::HandshakeFailed { reason }
                     });
                 }
-                quinn_proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                    // The first is the control stream; the transport allows no second.
-                    if let Some(id) = conn.inner.streams().accept(Dir::Bi) {
-                        conn.control.get_or_insert(id);
-                        conn.control_unread = true;
+                // The peer's first stream of the kind its side opens: the gateway's
+                // transport allows no second control stream; the gateway opens one push.
+                quinn_proto::Event::Stream(StreamEvent::Opened { dir }) => {
+                    let server = conn.inner.side().is_server();
+                    match (dir, conn.inner.streams().accept(dir)) {
+                        (Dir::Bi, Some(id)) if server => {
+                            conn.control.get_or_insert(id);
+                            conn.control_unread = true;
+                        }
+                        (Dir::Uni, Some(id)) if !server => {
+                            conn.push.get_or_insert(id);
+                            conn.push_unread = true;
+                        }
+                        _ => {}
                     }
                 }
-                quinn_proto::Event::Stream(StreamEvent::Readable { id })
-                    if Some(id) == conn.control =>
-                {
-                    conn.control_unread = true;
+                quinn_proto::Event::Stream(StreamEvent::Readable { id }) => {
+                    conn.control_unread |= Some(id) == conn.control;
+                    conn.push_unread |= Some(id) == conn.push;
                 }
                 _ => {}
             }
         }
         if conn.control_unread && !conn.control_paused {
             conn.control_unread = false;
-            read_control(conn, key, &mut self.events);
+            if read_stream(&mut conn.inner, conn.control, |bytes| {
+                self.events.push_back(Event::Control { conn: key, bytes })
+            }) {
+                self.events.push_back(Event::ControlEnded { conn: key });
+            }
+        }
+        if conn.push_unread {
+            conn.push_unread = false;
+            if read_stream(&mut conn.inner, conn.push, |bytes| {
+                self.events.push_back(Event::Push { conn: key, bytes })
+            }) {
+                self.events.push_back(Event::PushEnded { conn: key });
+            }
         }
         if !conn.ended {
             write_streams(conn);
@@ -475,20 +542,22 @@ fn mark(dirty: &mut VecDeque<usize>, conn: &mut Conn, index: usize) {
     }
 }
 
-/// Hands over what the control stream has, as one event per chunk.
-fn read_control(conn: &mut Conn, key: ConnKey, events: &mut VecDeque<Event>) {
-    let Some(id) = conn.control else { return };
-    let mut stream = conn.inner.recv_stream(id);
+/// Hands what a stream has to `deliver`, chunk by chunk; true once it has ended
+/// (finished or reset).
+fn read_stream(
+    inner: &mut quinn_proto::Connection,
+    id: Option<StreamId>,
+    mut deliver: impl FnMut(Bytes),
+) -> bool {
+    let Some(id) = id else { return false };
+    let mut stream = inner.recv_stream(id);
     let Ok(mut chunks) = stream.read(true) else {
-        return;
+        return false;
     };
     let mut ended = false;
     loop {
-        match chunks.next(CONTROL_READ) {
-            Ok(Some(chunk)) => events.push_back(Event::Control {
-                conn: key,
-                bytes: chunk.bytes,
-            }),
+        match chunks.next(STREAM_READ) {
+            Ok(Some(chunk)) => deliver(chunk.bytes),
             Ok(None) | Err(quinn_proto::ReadError::Reset(_)) => {
                 ended = true;
                 break;
@@ -498,15 +567,16 @@ fn read_control(conn: &mut Conn, key: ConnKey, events: &mut VecDeque<Event>) {
     }
     // Whether to send a flow-control update is decided at the next poll_transmit.
     let _ = chunks.finalize();
-    if ended {
-        events.push_back(Event::ControlEnded { conn: key });
-    }
+    ended
 }
 
-/// Writes what the streams take of the queued frames.
+/// Opens the streams this end opens, and writes what they take of the queued frames.
 fn write_streams(conn: &mut Conn) {
     if conn.push.is_none() && conn.push_wanted {
         conn.push = conn.inner.streams().open(Dir::Uni);
+    }
+    if conn.control.is_none() && conn.control_wanted {
+        conn.control = conn.inner.streams().open(Dir::Bi);
     }
     if let Some(id) = conn.control {
         write_queued(&mut conn.inner, id, &mut conn.control_out);

@@ -485,6 +485,8 @@ impl Loop {
                 Event::Refused { .. } => {
                     let _ = self.accepted.send(Accepted::Refused);
                 }
+                // A client's end only.
+                Event::Push { .. } | Event::PushEnded { .. } => {}
             }
         }
     }

@@ -501,3 +501,93 @@ async fn a_read_in_the_middle_of_a_turn_finds_what_arrived_during_it() {
     assert_eq!(socket.receive_now(&mut pair.server, 4), 5);
     assert_eq!(socket.receive_now(&mut pair.server, 4), 0);
 }
+
+/// Moves datagrams between a client's and a server's driver until none moves; what each
+/// reported, client's first.
+fn exchange(client: &mut Driver, server: &mut Driver, now: Instant) -> (Vec<Event>, Vec<Event>) {
+    let (mut to_server, mut to_client) = (Wire::default(), Wire::default());
+    let mut events = (Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        client.flush(now, &mut to_server, usize::MAX);
+        server.flush(now, &mut to_client, usize::MAX);
+        events.0.extend(std::iter::from_fn(|| client.poll_event()));
+        events.1.extend(std::iter::from_fn(|| server.poll_event()));
+        if to_server.to_client.is_empty() && to_client.to_client.is_empty() {
+            return events;
+        }
+        for datagram in to_server.to_client.drain(..) {
+            let data = BytesMut::from(&datagram[..]);
+            server.handle_datagram(now, client_addr(), None, None, data, &mut to_client);
+        }
+        for datagram in to_client.to_client.drain(..) {
+            let data = BytesMut::from(&datagram[..]);
+            client.handle_datagram(now, server_addr(), None, None, data, &mut to_server);
+        }
+    }
+    panic!("datagrams kept moving");
+}
+
+/// The bytes of one kind of stream event for `key`, in order.
+fn stream_bytes(events: &[Event], key: ConnKey, push: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in events {
+        match event {
+            Event::Push { conn, bytes } if push && *conn == key => out.extend_from_slice(bytes),
+            Event::Control { conn, bytes } if !push && *conn == key => out.extend_from_slice(bytes),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn a_client_driver_opens_the_control_stream_and_reads_the_push_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = crate::tls::load_identity(dir.path(), None, None).unwrap();
+    let client_config = chat_client::quic_client_config(&identity.cert_path).unwrap();
+    let server_config = crate::server::server_config(identity, &Config::default()).unwrap();
+    let mut server = Driver::new(EndpointConfig::default(), Arc::new(server_config), 1);
+    let mut client = Driver::client(EndpointConfig::default(), 1);
+    let now = Instant::now();
+
+    // What the client queues before the handshake goes first on its control stream.
+    let key = client
+        .connect(now, client_config, server_addr(), "localhost")
+        .unwrap();
+    assert!(client.write_control(key, Bytes::from_static(b"hello")));
+    let (client_events, server_events) = exchange(&mut client, &mut server, now);
+    assert!(matches!(client_events[0], Event::Connected { conn, .. } if conn == key));
+    let Some(Event::Connected {
+        conn: at_server, ..
+    }) = server_events.first()
+    else {
+        panic!("server saw {server_events:?}");
+    };
+    let at_server = *at_server;
+    assert_eq!(stream_bytes(&server_events, at_server, false), b"hello");
+
+    server.write_control(at_server, Bytes::from_static(b"welcome"));
+    server.open_push(at_server);
+    for frame in [&b"one,"[..], b"two"] {
+        server.write_push(at_server, Bytes::copy_from_slice(frame));
+    }
+    let (client_events, _) = exchange(&mut client, &mut server, now);
+    assert_eq!(stream_bytes(&client_events, key, false), b"welcome");
+    assert_eq!(stream_bytes(&client_events, key, true), b"one,two");
+
+    client.write_control(key, Bytes::from_static(b"ack"));
+    let (_, server_events) = exchange(&mut client, &mut server, now);
+    assert_eq!(stream_bytes(&server_events, at_server, false), b"ack");
+    assert_eq!(client.connected_stats().count(), 1);
+
+    server.close(now, at_server, VarInt::from_u32(7), b"bye");
+    let (client_events, _) = exchange(&mut client, &mut server, now);
+    let closed = client_events.iter().find_map(|e| match e {
+        Event::Closed { conn, reason } if *conn == key => Some(reason),
+        _ => None,
+    });
+    assert!(
+        matches!(closed, Some(ConnectionError::ApplicationClosed(c)) if c.error_code == VarInt::from_u32(7)),
+        "client saw {client_events:?}"
+    );
+}

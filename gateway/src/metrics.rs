@@ -121,18 +121,6 @@ impl Collector for Snapshot {
             "Pub/sub topics this gateway is subscribed to (groups, users, its own)",
             local.groups + local.users + 1,
         )?;
-        gauge(
-            &mut encoder,
-            "push_queue_depth_max",
-            "Most live pushes waiting in one connection's queue",
-            local.queue_max,
-        )?;
-        gauge(
-            &mut encoder,
-            "push_queued",
-            "Live pushes waiting in all connections' queues",
-            local.queued,
-        )?;
         let quic = self.quic.totals();
         let transport = [
             (

@@ -2,8 +2,9 @@
 //! user → connections, kept in memory only. It subscribes the bus to a topic while some
 //! local connection cares and fans each bus event out to those connections.
 //!
-//! Fan-out is per message, not per recipient: the push is encoded once upstream and each
-//! local connection receives an `Arc` of the same bytes.
+//! Fan-out is per message, not per recipient: the push is encoded once upstream, and the
+//! endpoint loop's pushers get one command per message naming its local recipients, each
+//! with an `Arc` of the same bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,10 +16,11 @@ use chat_protocol::{AckRange, Frame, UnreadCount};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Event, Topic};
 use crate::plugins::Plugins;
+use crate::quic::ConnKey;
+use crate::server::pushers::{PushCommand, PushSender};
 pub use crate::session::Push;
 use crate::session::{Publisher, Requests};
 use crate::store::{Membership, Store, StoreError};
@@ -61,8 +63,6 @@ pub enum Control {
         group: String,
     },
     Ack(Vec<AckRange>),
-    /// The client finished its control stream: apply what came before, then stop.
-    Finish,
     /// Live events may have been missed: catch every group up from the log.
     Resync,
     /// A frame for the push stream outside the delivery window, to write now (`GoAway`).
@@ -94,7 +94,7 @@ pub struct GroupFocus {
     /// The newest seq fanned out since the group went to the background (0: none).
     latest: AtomicU64,
     /// Set by the fan-out when `latest` moved since the pusher last reported it; the
-    /// message that sets it wakes the pusher.
+    /// message that sets it tells the pusher.
     unreported: AtomicBool,
 }
 
@@ -146,28 +146,22 @@ impl LocalConn {
 #[derive(Clone)]
 struct ConnHandle {
     user: Arc<str>,
-    pushes: mpsc::Sender<Arc<Push>>,
-    control: mpsc::UnboundedSender<Control>,
+    /// The connection as the pushers know it.
+    conn: ConnKey,
     flags: Arc<ConnFlags>,
 }
 
 /// State the node and a connection's pusher share without a message.
 #[derive(Debug)]
 pub struct ConnFlags {
-    /// Set when a push was dropped because the queue was full: the connection catches up
-    /// from the log.
-    pub lagged: AtomicBool,
     /// Cleared by the pusher once every group has had a push since the connect: until
-    /// then it wants `Control::Counted` (after that, one per flush would only wake it).
+    /// then it wants `Control::Counted` (after that, one per flush would only be work).
     pub wants_counted: AtomicBool,
 }
 
 /// A connection's side of its registration.
 pub struct Attached {
     pub id: ConnId,
-    pub pushes: mpsc::Receiver<Arc<Push>>,
-    pub control_tx: mpsc::UnboundedSender<Control>,
-    pub control: mpsc::UnboundedReceiver<Control>,
     pub flags: Arc<ConnFlags>,
 }
 
@@ -235,7 +229,8 @@ pub struct Node {
     pub requests: Requests,
     pub plugins: Arc<Plugins>,
     pub unread: Arc<Unread>,
-    queue: usize,
+    /// The endpoint loop's pushers, which write every local connection's push stream.
+    pushes: PushSender,
     local: RwLock<LocalMap>,
     /// Serializes subscription changes so that a subscribe and an unsubscribe of the same
     /// topic reach the bus in the order the map changed.
@@ -243,8 +238,6 @@ pub struct Node {
     next_id: AtomicU64,
     /// Woken whenever a connection detaches (a drain waits for the last one).
     detached: tokio::sync::Notify,
-    /// Live pushes not queued because a connection's queue was full (it reads the log instead).
-    dropped_pushes: Counter,
     /// Time to hand one message to every local connection in its group.
     fan_out_seconds: Histogram,
     events: Counter,
@@ -258,18 +251,15 @@ pub struct LocalStats {
     pub connections: usize,
     pub users: usize,
     pub groups: usize,
-    /// Live pushes waiting in all connections' queues, and in the fullest one.
-    pub queued: usize,
-    pub queue_max: usize,
 }
 
 impl Node {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         plugins: Arc<Plugins>,
         publisher: Arc<Publisher>,
-        queue: usize,
+        pushes: PushSender,
     ) -> Arc<Self> {
         Arc::new(Self {
             unread: publisher.unread().clone(),
@@ -277,12 +267,11 @@ impl Node {
             plugins,
             store,
             bus,
-            queue,
+            pushes,
             local: RwLock::new(LocalMap::default()),
             topics: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             detached: tokio::sync::Notify::new(),
-            dropped_pushes: Counter::default(),
             fan_out_seconds: crate::metrics::latency_histogram(),
             events: Counter::default(),
             resyncs: Counter::default(),
@@ -306,21 +295,22 @@ impl Node {
         }
     }
 
-    /// Registers a connection of `user` and returns the groups it is now in.
+    /// Registers connection `conn` of `user` (expected by the pushers) and returns the
+    /// groups it is now in.
     ///
     /// The user's groups are read while membership events are held back, so a change made
     /// meanwhile is either in what we read or applied to this connection afterwards.
-    pub async fn attach(&self, user: &str) -> Result<(Attached, Vec<Membership>), AttachError> {
-        let (pushes_tx, pushes) = mpsc::channel(self.queue);
-        let (control_tx, control) = mpsc::unbounded_channel();
+    pub async fn attach(
+        &self,
+        user: &str,
+        conn: ConnKey,
+    ) -> Result<(Attached, Vec<Membership>), AttachError> {
         let flags = Arc::new(ConnFlags {
-            lagged: AtomicBool::new(false),
             wants_counted: AtomicBool::new(true),
         });
         let handle = ConnHandle {
             user: user.into(),
-            pushes: pushes_tx,
-            control: control_tx.clone(),
+            conn,
             flags: flags.clone(),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -353,16 +343,7 @@ impl Node {
             self.detach(id).await;
             return Err(error.into());
         }
-        Ok((
-            Attached {
-                id,
-                pushes,
-                control_tx,
-                control,
-                flags,
-            },
-            groups,
-        ))
+        Ok((Attached { id, flags }, groups))
     }
 
     /// Forgets a connection.
@@ -484,7 +465,7 @@ impl Node {
                     }
                 };
                 if let Some(conn) = local.conns.get(&id) {
-                    let _ = conn.handle.control.send(control);
+                    self.pushes.control(conn.handle.conn, control);
                 }
             }
         }
@@ -493,18 +474,20 @@ impl Node {
         }
     }
 
-    /// Hands one shared push to every local connection in its group. A full queue never
-    /// blocks the others: that connection is marked lagging and reads the log instead.
+    /// Hands one shared push to the pushers with every local connection in its group, in
+    /// one command: a slow connection never holds up the others (its delivery window
+    /// fills, and it reads the log instead).
     ///
     /// A private message's recipients get the push, everyone else its placeholder: both
     /// were encoded once, before the loop. A connection with the group in the background
     /// gets no push: its group's latest seq is raised, and only the first message since its
-    /// last `Activity` wakes it.
+    /// last `Activity` tells its pusher.
     fn fan_out(&self, push: Arc<Push>, private: Option<&Private>) {
         let local = self.local.read().expect("local map lock");
         let Some(conns) = local.groups.get(&*push.group) else {
             return;
         };
+        let mut recipients = Vec::with_capacity(conns.len());
         for Subscriber {
             handle,
             background,
@@ -514,7 +497,8 @@ impl Node {
             if *background {
                 focus.latest.fetch_max(push.seq, Ordering::Relaxed);
                 if !focus.unreported.swap(true, Ordering::Release) {
-                    let _ = handle.control.send(Control::Activity(focus.clone()));
+                    self.pushes
+                        .control(handle.conn, Control::Activity(focus.clone()));
                 }
                 continue;
             }
@@ -522,10 +506,10 @@ impl Node {
                 Some(p) if !p.sees(&handle.user) => &p.placeholder,
                 _ => &push,
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) = handle.pushes.try_send(this.clone()) {
-                handle.flags.lagged.store(true, Ordering::Relaxed);
-                self.dropped_pushes.inc();
-            }
+            recipients.push((handle.conn, this.clone()));
+        }
+        if !recipients.is_empty() {
+            self.pushes.send(PushCommand::Fanout(recipients));
         }
         self.fan_out_seconds
             .observe(push.received.elapsed().as_secs_f64());
@@ -545,10 +529,13 @@ impl Node {
             if !handle.flags.wants_counted.load(Ordering::Relaxed) {
                 continue;
             }
-            let _ = handle.control.send(Control::Counted {
-                group: group.clone(),
-                seq,
-            });
+            self.pushes.control(
+                handle.conn,
+                Control::Counted {
+                    group: group.clone(),
+                    seq,
+                },
+            );
         }
     }
 
@@ -569,7 +556,8 @@ impl Node {
             .encode();
             for id in conns.keys() {
                 if let Some(conn) = local.conns.get(id) {
-                    let _ = conn.handle.control.send(Control::Unread(frame.clone()));
+                    self.pushes
+                        .control(conn.handle.conn, Control::Unread(frame.clone()));
                 }
             }
         }
@@ -597,11 +585,14 @@ impl Node {
             let latest = focus.latest.swap(0, Ordering::Relaxed);
             focus.unreported.store(false, Ordering::Relaxed);
             subscriber.background = background;
-            let _ = conn.handle.control.send(Control::Focus {
-                group: group.clone(),
-                background,
-                latest,
-            });
+            self.pushes.control(
+                conn.handle.conn,
+                Control::Focus {
+                    group: group.clone(),
+                    background,
+                    latest,
+                },
+            );
         }
         conn.foreground = Some(foreground);
     }
@@ -610,7 +601,7 @@ impl Node {
     pub fn notify_every_connection(&self, control: impl Fn() -> Control) -> usize {
         let local = self.local.read().expect("local map lock");
         for conn in local.conns.values() {
-            let _ = conn.handle.control.send(control());
+            self.pushes.control(conn.handle.conn, control());
         }
         local.conns.len()
     }
@@ -637,21 +628,14 @@ impl Node {
         }
     }
 
-    /// The local map's sizes and queue depths now (one pass over the connections).
+    /// The local map's sizes now.
     pub fn local_stats(&self) -> LocalStats {
         let local = self.local.read().expect("local map lock");
-        let mut stats = LocalStats {
+        LocalStats {
             connections: local.conns.len(),
             users: local.users.len(),
             groups: local.groups.len(),
-            ..LocalStats::default()
-        };
-        for LocalConn { handle, .. } in local.conns.values() {
-            let depth = handle.pushes.max_capacity() - handle.pushes.capacity();
-            stats.queued += depth;
-            stats.queue_max = stats.queue_max.max(depth);
         }
-        stats
     }
 
     /// A group's members connected here, each with their number of connections.
@@ -674,11 +658,6 @@ impl Node {
     pub(crate) fn register_metrics(&self, registry: &mut Registry) {
         self.requests.register_metrics(registry);
         registry.register(
-            "pushes_dropped",
-            "Live pushes not queued because the connection's queue was full (it catches up from the log)",
-            self.dropped_pushes.clone(),
-        );
-        registry.register(
             "bus_events",
             "Events received from the bus (messages, membership, unread flushes)",
             self.events.clone(),
@@ -691,7 +670,7 @@ impl Node {
         crate::metrics::register_seconds(
             registry,
             "fan_out",
-            "From a message's arrival from the bus to its push queued for every local member",
+            "From a message's arrival from the bus to its push handed to the pushers for every local member",
             self.fan_out_seconds.clone(),
         );
     }

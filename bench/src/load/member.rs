@@ -200,3 +200,131 @@ fn add_ack(pending: &mut Vec<AckRange>, group: String, seq: u64) {
         last: seq,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::{GroupActivity, Message};
+
+    fn welcome(max_batch: u16) -> Bytes {
+        let ack = AckPolicy {
+            max_delay_ms: 1000,
+            max_batch,
+            retransmit_ms: 15000,
+        };
+        Frame::Welcome {
+            version: PROTOCOL_VERSION,
+            user: "m0".into(),
+            ack,
+            catch_up_ack: ack,
+            max_frame_len: chat_protocol::MAX_FRAME_LEN as u32,
+        }
+        .encode()
+    }
+
+    fn push(seq: u64, sent_ns: u64) -> Bytes {
+        chat_protocol::encode_push(&Message {
+            group: "g".into(),
+            seq,
+            sender: "s".into(),
+            ts_ms: 0,
+            flags: 0,
+            body: super::super::body(sent_ns, 200),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<Frame> {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(bytes);
+        std::iter::from_fn(|| decoder.next_frame().unwrap()).collect()
+    }
+
+    #[test]
+    fn joins_once_welcomed_and_in_the_background_once_its_focus_is_applied() {
+        let now = Instant::now();
+        let (mut member, hello) = Member::new("token".into(), false);
+        assert!(matches!(&decode(&hello[0])[0], Frame::Hello { token, .. } if token == "token"));
+        member.on_control(&welcome(64), now).unwrap();
+        assert!(member.joined());
+
+        let (mut member, hello) = Member::new("token".into(), true);
+        assert!(
+            matches!(&decode(&hello[1])[0], Frame::Focus { id: 1, groups } if groups.is_empty())
+        );
+        member.on_control(&welcome(64), now).unwrap();
+        assert!(!member.joined(), "joined before the focus was applied");
+        member
+            .on_control(&Frame::Done { id: 1 }.encode(), now)
+            .unwrap();
+        assert!(member.joined());
+
+        let (mut member, _) = Member::new("token".into(), false);
+        let refused = Frame::Done { id: 7 }.encode();
+        assert!(member.on_control(&refused, now).is_err());
+    }
+
+    #[test]
+    fn counts_each_seq_once_with_its_latency_and_acks_a_full_batch_at_once() {
+        let now = Instant::now();
+        let (mut member, _) = Member::new("token".into(), false);
+        member.on_control(&welcome(3), now).unwrap();
+
+        // A push split across two reads, then a repeat of it.
+        let first = push(1, 1_000_000);
+        assert!(member.on_push(&first[..10], now, 0).unwrap().is_none());
+        assert!(
+            member
+                .on_push(&first[10..], now, 6_000_000)
+                .unwrap()
+                .is_none()
+        );
+        assert!(member.on_push(&first, now, 7_000_000).unwrap().is_none());
+        assert_eq!(member.seen.unique, 1);
+        assert_eq!(member.seen.latencies_us, [5_000]);
+        assert!(
+            member
+                .ack_due()
+                .is_some_and(|due| due <= now + Duration::from_secs(1))
+        );
+
+        // The third push waiting fills the batch: one ACK, at once.
+        let ack = member.on_push(&push(2, 1_000_000), now, 2_000_000).unwrap();
+        let ack = ack.expect("a full batch is acknowledged at once");
+        assert_eq!(member.seen.unique, 2);
+        let Frame::Ack { ranges } = &decode(&ack)[0] else {
+            panic!("not an Ack");
+        };
+        assert!(ranges.iter().all(|r| r.group == "g"));
+        assert_eq!(ranges.iter().map(|r| r.last).max(), Some(2));
+        assert!(member.ack_due().is_none());
+        assert!(member.take_ack().is_none());
+    }
+
+    #[test]
+    fn an_activity_notice_counts_the_seqs_it_covers_once() {
+        let now = Instant::now();
+        let (mut member, _) = Member::new("token".into(), true);
+        member.on_control(&welcome(64), now).unwrap();
+        member
+            .on_control(&Frame::Done { id: 1 }.encode(), now)
+            .unwrap();
+        let notice = |seq| {
+            Frame::Activity {
+                groups: vec![GroupActivity {
+                    group: "g".into(),
+                    seq,
+                    pending: seq,
+                }],
+            }
+            .encode()
+        };
+        member.on_push(&notice(3), now, 10).unwrap();
+        member.on_push(&notice(3), now, 20).unwrap();
+        member.on_push(&notice(5), now, 30).unwrap();
+        assert_eq!(member.seen.unique, 5);
+        assert_eq!(
+            member.seen.notices,
+            [("g".to_string(), 1, 3, 10), ("g".to_string(), 4, 5, 30)]
+        );
+    }
+}

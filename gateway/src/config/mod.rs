@@ -90,7 +90,8 @@ pub struct DeliveryConfig {
     pub retransmit_ms: u32,
     /// Most unacknowledged pushes per connection; past it, the connection is caught up from the log.
     pub window: usize,
-    /// Live pushes queued per connection before it is marked lagging and caught up from the log.
+    /// Live pushes held for a connection between its registration and its `Welcome`; past
+    /// them it catches everything up from the log instead.
     pub queue: usize,
     /// What a connection gets for a group its app keeps in the background (`Focus`).
     pub background: Background,

@@ -4,12 +4,15 @@
 //! One task owns the socket and the driver. Tasks talk to it through one channel of
 //! [`Command`]s (a write wakes the loop once for however many arrive together, not a
 //! task per connection), and it answers through each link's shared state: control bytes
-//! to read, how much of a stream's queue is still unsent, how the connection ended.
+//! to read, how much of the control stream's queue is still unsent, how the connection
+//! ended. Beside the transport the loop runs an [`Application`]: work that writes to many
+//! connections at once (the gateway's pushers) runs there, with no task or lock per
+//! connection between it and the streams.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +26,8 @@ const RECEIVE_BATCHES: usize = 16;
 /// Connections flushed between two socket reads, so the socket does not overflow while a
 /// fan-out goes out to ten thousand streams.
 const FLUSH_BUDGET: usize = 256;
-/// Unsent bytes of a stream past which its writer waits (about what quinn's send window
-/// held back before).
+/// Unsent bytes of the control stream past which its writer waits (about what quinn's
+/// send window held back before).
 const STREAM_QUEUE_LIMIT: usize = 256 * 1024;
 /// Control bytes read and not yet taken by the connection's task, past which the loop
 /// stops reading the control stream (the client then meets its flow control).
@@ -55,6 +58,39 @@ impl QuicTotals {
     }
 }
 
+/// Work that runs inside the loop, beside the transport: it has its own inbox, which the
+/// loop polls, and writes push streams through [`Streams`] without a hop per connection.
+pub trait Application: Send + 'static {
+    /// Ready once work has arrived in the inbox; otherwise wakes `cx` when some does.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    /// Does what has arrived and what is due at `now`.
+    fn run(&mut self, now: Instant, streams: &mut Streams<'_>);
+    /// When `run` next has something due.
+    fn next_timeout(&self) -> Option<Instant>;
+}
+
+/// The push streams, as an [`Application`] writes them.
+pub struct Streams<'a> {
+    driver: &'a mut Driver,
+}
+
+impl Streams<'_> {
+    /// Opens `conn`'s push stream (the client sees it with its first bytes).
+    pub fn open_push(&mut self, conn: ConnKey) -> bool {
+        self.driver.open_push(conn)
+    }
+
+    /// Queues a frame on `conn`'s push stream; false if the connection is gone.
+    pub fn write_push(&mut self, conn: ConnKey, frame: Bytes) -> bool {
+        self.driver.write_push(conn, frame)
+    }
+
+    /// Bytes queued on `conn`'s push stream and not yet taken by it.
+    pub fn push_unsent(&self, conn: ConnKey) -> usize {
+        self.driver.unsent_bytes(conn).1
+    }
+}
+
 /// A new connection, or one that did not become one.
 pub enum Accepted {
     Link(Link),
@@ -65,10 +101,8 @@ pub enum Accepted {
 
 enum Command {
     WriteControl(ConnKey, Bytes),
-    OpenPush(ConnKey),
     /// The task took enough control bytes: read the stream again.
     ResumeControl(ConnKey),
-    WritePush(ConnKey, Vec<Bytes>),
     Close(ConnKey, VarInt, Bytes),
     Accepting(bool),
     CloseAll(VarInt, Bytes),
@@ -83,15 +117,19 @@ pub struct Endpoint {
     local_addr: SocketAddr,
     /// Open connections, as the loop last counted them.
     open: watch::Receiver<usize>,
+    /// The loop, until [`Endpoint::stop`] waits for it.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Endpoint {
-    /// Starts the loop on `socket` (bound, any buffers set); new connections arrive on
-    /// the returned receiver once their handshake completes.
+    /// Starts the loop on `socket` (bound, any buffers set), running `app` beside the
+    /// transport; new connections arrive on the returned receiver once their handshake
+    /// completes.
     pub fn start(
         socket: std::net::UdpSocket,
         endpoint_config: EndpointConfig,
         server_config: Arc<ServerConfig>,
+        app: Box<dyn Application>,
     ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<Accepted>)> {
         let socket = Socket::new(socket)?;
         let local_addr = socket.local_addr()?;
@@ -102,6 +140,7 @@ impl Endpoint {
         let run = Loop {
             driver,
             socket,
+            app,
             links: HashMap::new(),
             waiting: HashSet::new(),
             commands: command_rx,
@@ -110,12 +149,13 @@ impl Endpoint {
             open: open_tx,
             closed: QuicTotals::default(),
         };
-        tokio::spawn(run.run());
+        let task = tokio::spawn(run.run());
         Ok((
             Endpoint {
                 commands,
                 local_addr,
                 open,
+                task: Mutex::new(Some(task)),
             },
             accepted,
         ))
@@ -143,6 +183,16 @@ impl Endpoint {
         let _ = open.wait_for(|&n| n == 0).await;
     }
 
+    /// Sends what is queued, ends the loop and waits until it has (the socket and the
+    /// application are dropped with it).
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+        let task = self.task.lock().expect("endpoint task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
     /// Transport counters of every connection so far, open and closed.
     pub async fn totals(&self) -> QuicTotals {
         let (tx, rx) = oneshot::channel();
@@ -162,7 +212,8 @@ impl Drop for Endpoint {
 }
 
 /// One connection for the gateway's tasks: its control stream to read and write, its
-/// push stream to write, its close. Clones share the connection.
+/// close (its push stream belongs to the [`Application`]). Clones share the
+/// connection.
 #[derive(Clone)]
 pub struct Link {
     key: ConnKey,
@@ -180,22 +231,16 @@ struct LinkState {
     control_ended: bool,
     closed: Option<ConnectionError>,
     reader: Option<Waker>,
-    /// Bytes queued for each stream and not yet taken by it, and who waits for room.
+    /// Bytes queued for the control stream and not yet taken by it, and who waits for room.
     control_unsent: usize,
-    push_unsent: usize,
     control_writer: Option<Waker>,
-    push_writer: Option<Waker>,
 }
 
 impl LinkState {
     fn wake_all(&mut self) {
-        for waker in [
-            self.reader.take(),
-            self.control_writer.take(),
-            self.push_writer.take(),
-        ]
-        .into_iter()
-        .flatten()
+        for waker in [self.reader.take(), self.control_writer.take()]
+            .into_iter()
+            .flatten()
         {
             waker.wake();
         }
@@ -210,6 +255,11 @@ pub struct Closed(pub ConnectionError);
 impl Link {
     pub fn remote_address(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// The connection as the loop and its [`Application`] name it.
+    pub fn key(&self) -> ConnKey {
+        self.key
     }
 
     /// How the connection ended, once it has.
@@ -255,24 +305,9 @@ impl Link {
 
     /// Queues `bytes` on the control stream, waiting while too much is unsent.
     pub async fn write_control(&self, bytes: Bytes) -> Result<(), Closed> {
-        self.room(Stream::Control).await?;
-        self.queue(Stream::Control, bytes.len())?;
+        self.room().await?;
+        self.queue(bytes.len())?;
         self.send(Command::WriteControl(self.key, bytes))
-    }
-
-    /// Opens the push stream (the client sees it with its first bytes).
-    pub fn open_push(&self) -> Result<(), Closed> {
-        if let Some(reason) = self.close_reason() {
-            return Err(Closed(reason));
-        }
-        self.send(Command::OpenPush(self.key))
-    }
-
-    /// Queues `frames` on the push stream (taking them), waiting while too much is unsent.
-    pub async fn write_push(&self, frames: &mut Vec<Bytes>) -> Result<(), Closed> {
-        self.room(Stream::Push).await?;
-        self.queue(Stream::Push, frames.iter().map(Bytes::len).sum())?;
-        self.send(Command::WritePush(self.key, std::mem::take(frames)))
     }
 
     /// Closes the connection with an application `code` and `reason`.
@@ -284,17 +319,14 @@ impl Link {
         ));
     }
 
-    /// Counts `bytes` as unsent on `stream` (the loop sets the true figure after its next
-    /// flush), unless the connection is gone.
-    fn queue(&self, stream: Stream, bytes: usize) -> Result<(), Closed> {
+    /// Counts `bytes` as unsent on the control stream (the loop sets the true figure after
+    /// its next flush), unless the connection is gone.
+    fn queue(&self, bytes: usize) -> Result<(), Closed> {
         let mut state = self.state();
         if let Some(reason) = &state.closed {
             return Err(Closed(reason.clone()));
         }
-        match stream {
-            Stream::Control => state.control_unsent += bytes,
-            Stream::Push => state.push_unsent += bytes,
-        }
+        state.control_unsent += bytes;
         Ok(())
     }
 
@@ -305,37 +337,28 @@ impl Link {
             .map_err(|_| Closed(ConnectionError::LocallyClosed))
     }
 
-    async fn room(&self, stream: Stream) -> Result<(), Closed> {
+    async fn room(&self) -> Result<(), Closed> {
         std::future::poll_fn(|cx| {
             let mut state = self.state();
             if let Some(reason) = &state.closed {
                 return Poll::Ready(Err(Closed(reason.clone())));
             }
-            let (unsent, writer) = match stream {
-                Stream::Control => (state.control_unsent, &mut state.control_writer),
-                Stream::Push => (state.push_unsent, &mut state.push_writer),
-            };
-            if unsent < STREAM_QUEUE_LIMIT {
+            if state.control_unsent < STREAM_QUEUE_LIMIT {
                 return Poll::Ready(Ok(()));
             }
-            *writer = Some(cx.waker().clone());
+            state.control_writer = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
     }
 }
 
-#[derive(Clone, Copy)]
-enum Stream {
-    Control,
-    Push,
-}
-
 struct Loop {
     driver: Driver,
     socket: Socket,
+    app: Box<dyn Application>,
     links: HashMap<ConnKey, Arc<Mutex<LinkState>>>,
-    /// Links with bytes their streams have not taken yet, checked after each flush.
+    /// Links with control bytes their stream has not taken yet, checked after each flush.
     waiting: HashSet<ConnKey>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// For the links it hands out.
@@ -357,6 +380,12 @@ impl Loop {
                 stopping |= matches!(command, Command::Stop);
                 self.apply(command);
             }
+            self.app.run(
+                Instant::now(),
+                &mut Streams {
+                    driver: &mut self.driver,
+                },
+            );
             let flushed = loop {
                 let flushed = self
                     .driver
@@ -375,14 +404,17 @@ impl Loop {
                 // The closes are out; the socket goes with this task.
                 return;
             }
-            let deadline = self
-                .driver
-                .next_timeout()
+            let deadline = [self.driver.next_timeout(), self.app.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let app = &mut self.app;
             tokio::select! {
                 _ = self.socket.writable(), if flushed == Flushed::SocketFull => {}
                 _ = self.socket.readable() => {}
                 _ = self.commands.recv_many(&mut commands, 1024) => {}
+                _ = std::future::poll_fn(|cx| app.poll_ready(cx)) => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
         }
@@ -394,16 +426,7 @@ impl Loop {
                 self.driver.write_control(key, bytes);
                 self.waiting.insert(key);
             }
-            Command::OpenPush(key) => {
-                self.driver.open_push(key);
-            }
             Command::ResumeControl(key) => self.driver.pause_control(key, false),
-            Command::WritePush(key, frames) => {
-                for frame in frames {
-                    self.driver.write_push(key, frame);
-                }
-                self.waiting.insert(key);
-            }
             Command::Close(key, code, reason) => {
                 self.driver.close(Instant::now(), key, code, &reason);
             }
@@ -491,29 +514,23 @@ impl Loop {
         }
     }
 
-    /// Tells each link with unsent bytes how much its streams still hold, waking a writer
-    /// once there is room; links whose streams took everything leave the list.
+    /// Tells each link with unsent control bytes how much its stream still holds, waking
+    /// the writer once there is room; links whose stream took everything leave the list.
     fn wake_writers(&mut self) {
         let (driver, links) = (&self.driver, &self.links);
         self.waiting.retain(|key| {
             let Some(shared) = links.get(key) else {
                 return false;
             };
-            let (control, push) = driver.unsent_bytes(*key);
+            let (control, _) = driver.unsent_bytes(*key);
             let mut state = shared.lock().expect("link state lock");
             state.control_unsent = control;
-            state.push_unsent = push;
             if control < STREAM_QUEUE_LIMIT
                 && let Some(writer) = state.control_writer.take()
             {
                 writer.wake();
             }
-            if push < STREAM_QUEUE_LIMIT
-                && let Some(writer) = state.push_writer.take()
-            {
-                writer.wake();
-            }
-            control + push > 0
+            control > 0
         });
     }
 }

@@ -2,15 +2,16 @@
 //! quinn's task per connection (docs/BENCHMARKS.md, twelfth set).
 //!
 //! [`Driver`] is the sans-IO core: datagrams and time in, datagrams and [`Event`]s out,
-//! testable without sockets. [`Endpoint`] runs it on a socket in one task; the server's
-//! connection tasks hold a [`Link`] each.
+//! testable without sockets. [`Endpoint`] runs it on a socket in one task, with an
+//! [`Application`] beside it (the server's pushers); the server's connection tasks hold a
+//! [`Link`] each.
 
 mod driver;
 mod endpoint;
 mod socket;
 
 pub use driver::{ConnKey, Driver, Event, Flushed, Transmitter};
-pub use endpoint::{Accepted, Closed, Endpoint, Link, QuicTotals};
+pub use endpoint::{Accepted, Application, Closed, Endpoint, Link, QuicTotals, Streams};
 pub use socket::Socket;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! One client connection: handshake (Hello → Welcome), then the control loop answering
-//! requests, alongside the pusher writing the push stream.
+//! requests; its pusher, in the endpoint loop, writes the push stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +10,11 @@ use chat_protocol::{
 };
 use quinn::VarInt;
 
+use super::pushers::{PushCommand, Registration};
 use super::{Shared, pusher};
 use crate::config::Background;
 use crate::node::{ConnId, Control};
-use crate::quic::Link;
+use crate::quic::{ConnKey, Link};
 use crate::store::{Membership, Store, StoreError};
 
 /// How long a leaving connection's last ACKs may take to apply.
@@ -227,41 +228,39 @@ async fn run(connection: &Link, shared: &Arc<Shared>, session: Session) -> Resul
         decoder,
     } = session;
     let node = &shared.node;
-    let (attached, groups) = Box::pin(node.attach(&user))
+    // Before the node knows the connection: the pushers hold what the fan-out sends it
+    // until it is welcomed.
+    let registration = Registration::new(&shared.pushes, connection.key());
+    let (attached, groups) = Box::pin(node.attach(&user, registration.conn))
         .await
         .map_err(|e| unavailable(&e))?;
     let id = attached.id;
     let result = async {
         let start = welcome(connection, shared, &user, &device, groups);
         let Welcomed { resume, policies } = Box::pin(start).await?;
-        let control_tx = attached.control_tx.clone();
-        // The pusher is a task of its own: a push wakes only it, an ACK only the control
-        // loop, with no second layer of wakers in between.
-        let mut pusher = AbortOnDrop(tokio::spawn({
-            let (shared, user, device) = (shared.clone(), user.clone(), device.clone());
-            let link = connection.clone();
-            async move {
-                let pusher =
-                    pusher::Pusher::new(&shared, &user, &device, &resume, policies, attached);
-                drop(resume);
-                pusher.run(&link).await
-            }
-        }));
-        let control = control_loop(shared, &user, id, connection, decoder, control_tx.clone());
-        tokio::select! {
-            result = control => {
-                // The client is leaving: let the pusher apply the ACKs that came before.
-                let _ = control_tx.send(Control::Finish);
-                // (Past the grace, dropping the handle aborts it.)
-                let _ = tokio::time::timeout(FINISH_GRACE, &mut pusher.0).await;
-                result
-            }
-            ended = &mut pusher.0 => ended.unwrap_or_else(|error| {
-                Err(Refusal::new(ErrorCode::INTERNAL, format!("pusher failed: {error}")))
-            }),
-        }
+        let pusher = pusher::Pusher::new(
+            shared,
+            registration.conn,
+            (&user, &device),
+            &resume,
+            policies,
+            attached.flags,
+        );
+        drop(resume);
+        shared
+            .pushes
+            .send(PushCommand::Start(registration.conn, Box::new(pusher)));
+        control_loop(shared, &user, (id, registration.conn), connection, decoder).await
     }
     .await;
+    // The client is leaving: let its pusher apply the ACKs that came before, and write
+    // the cursors they moved, so that a reconnect elsewhere resumes from there.
+    if tokio::time::timeout(FINISH_GRACE, registration.finish())
+        .await
+        .is_ok()
+    {
+        Box::pin(shared.cursors.flush()).await;
+    }
     Box::pin(node.detach(id)).await;
     result
 }
@@ -273,14 +272,13 @@ fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
     )
 }
 
-/// A connection past `Welcome` (its push stream open), ready to serve.
+/// A connection past `Welcome`, ready to serve.
 struct Welcomed {
     resume: pusher::Resume,
     policies: (AckPolicy, AckPolicy),
 }
 
-/// Reads where delivery resumes, asks the plugins for the ACK policies, sends `Welcome`
-/// and opens the push stream.
+/// Reads where delivery resumes, asks the plugins for the ACK policies and sends `Welcome`.
 async fn welcome(
     connection: &Link,
     shared: &Shared,
@@ -304,17 +302,7 @@ async fn welcome(
         .write_control(welcome.encode())
         .await
         .map_err(|_| gone())?;
-    connection.open_push().map_err(|_| gone())?;
     Ok(Welcomed { resume, policies })
-}
-
-/// Aborts the task when dropped: a connection's pusher never outlives its connection.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn gone() -> Refusal {
@@ -327,10 +315,9 @@ fn gone() -> Refusal {
 async fn control_loop(
     shared: &Shared,
     user: &str,
-    conn: ConnId,
+    (conn_id, conn): (ConnId, ConnKey),
     link: &Link,
     mut decoder: FrameDecoder,
-    control: tokio::sync::mpsc::UnboundedSender<Control>,
 ) -> Result<(), Refusal> {
     let mut out = Vec::new();
     loop {
@@ -339,7 +326,7 @@ async fn control_loop(
             match frame {
                 Ok(Frame::Ack { ranges }) => {
                     shared.metrics.ack_frames.inc();
-                    let _ = control.send(Control::Ack(ranges));
+                    shared.pushes.control(conn, Control::Ack(ranges));
                 }
                 Ok(Frame::Hello { .. }) => requests.push(Err(Frame::Error {
                     id: 0,
@@ -359,7 +346,7 @@ async fn control_loop(
                     let focus = shared.node.requests.focus(user, id, groups, |foreground| {
                         // A deployment that pushes in full accepts it and changes nothing.
                         if shared.config.delivery.background == Background::Compact {
-                            shared.node.focus(conn, foreground);
+                            shared.node.focus(conn_id, foreground);
                         }
                     });
                     out.extend_from_slice(&focus.encode());

@@ -125,9 +125,4 @@ impl DeviceCursors {
                 .push(device);
         }
     }
-
-    /// Writes everything recorded so far, this device's and every other's.
-    pub async fn flush(&self) {
-        self.cursors.flush().await;
-    }
 }

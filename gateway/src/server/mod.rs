@@ -4,6 +4,7 @@
 mod connection;
 mod cursors;
 mod pusher;
+pub(crate) mod pushers;
 mod quic_stats;
 mod stats;
 
@@ -67,12 +68,14 @@ pub(crate) struct Shared {
     pub node: Arc<Node>,
     pub auth: TokenAuthority,
     pub config: Config,
-    pub metrics: ServerMetrics,
+    pub metrics: Arc<ServerMetrics>,
     /// Every connection's QUIC transport counters, as last read from the endpoint.
     pub quic: Arc<quic_stats::QuicStats>,
     pub store_metrics: StoreMetrics,
     /// Every connection's delivery cursors, written together.
     pub cursors: Arc<cursors::Cursors>,
+    /// The endpoint loop's pushers: every connection's push stream.
+    pub pushes: pushers::PushSender,
     /// Running, draining (new connections refused), or drained.
     pub drain: watch::Sender<DrainState>,
     pub endpoint: Arc<Endpoint>,
@@ -195,11 +198,31 @@ impl Gateway {
         for plugin in plugins.load(&config.plugin_specs()).await? {
             tracing::info!(plugin = %plugin.name, version = %plugin.version, hooks = ?plugin.hooks, "plugin loaded");
         }
-        let node = Node::new(store, bus, plugins, publisher, config.delivery.queue);
+        let (pushes, inbox) = pushers::channel();
+        let node = Node::new(
+            store.clone(),
+            bus,
+            plugins.clone(),
+            publisher,
+            pushes.clone(),
+        );
+        let server_metrics = Arc::new(ServerMetrics::default());
+        let cursors = cursors::Cursors::new(store.clone());
+        let app = pushers::Pushers::new(
+            inbox,
+            pushers::Env {
+                store,
+                plugins,
+                metrics: server_metrics.clone(),
+                cursors: cursors.clone(),
+                inbox: pushes.clone(),
+                held: config.delivery.queue,
+            },
+        );
         let cert_path = identity.cert_path.clone();
         let server_config = server_config(identity, &config)?;
         let (endpoint, accepted) =
-            bind(&config, server_config).map_err(|source| StartError::Bind {
+            bind(&config, server_config, Box::new(app)).map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
             })?;
@@ -208,10 +231,11 @@ impl Gateway {
             node: node.clone(),
             auth,
             config,
-            metrics: ServerMetrics::default(),
+            metrics: server_metrics,
             quic: Arc::default(),
             store_metrics,
-            cursors: cursors::Cursors::new(node.store.clone()),
+            cursors,
+            pushes,
             drain: watch::Sender::new(DrainState::Serving),
             endpoint: endpoint.clone(),
         });
@@ -321,6 +345,8 @@ impl Gateway {
         self.endpoint.close(code, b"gateway shutting down");
         self.tasks.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The loop's pushers hold the store: it is closed once this returns.
+        self.endpoint.stop().await;
     }
 
     /// Serves until the accept loop ends (it does not, short of an endpoint error).
@@ -356,6 +382,7 @@ async fn accept_loop(mut accepted: mpsc::UnboundedReceiver<Accepted>, shared: Ar
 fn bind(
     config: &Config,
     server_config: ServerConfig,
+    app: Box<dyn crate::quic::Application>,
 ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<Accepted>)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -375,6 +402,7 @@ fn bind(
         socket.into(),
         quinn::EndpointConfig::default(),
         Arc::new(server_config),
+        app,
     )
 }
 

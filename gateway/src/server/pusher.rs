@@ -1,30 +1,28 @@
-//! Writes the push stream of one connection: live pushes from the node, catch-up from the
-//! log, retransmits, all through the connection's [`Delivery`] state machine.
+//! The push side of one connection: live pushes from the node, catch-up from the log,
+//! retransmits, all through the connection's [`Delivery`] state machine. It runs inside
+//! the endpoint loop ([`super::pushers`]): every call returns at once, frames collect in
+//! `out` until the loop writes them, and what needs the store runs in a spawned task
+//! that answers through the pushers' inbox.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_protocol::{AckPolicy, ErrorCode, Frame, GroupActivity, Message, encode_push};
-use std::time::Instant;
-use tokio::sync::mpsc;
+use chat_protocol::{AckPolicy, Frame, GroupActivity, Message, encode_push};
 
 use super::Shared;
-use super::connection::Refusal;
 use super::cursors::DeviceCursors;
-use super::stats::ServerMetrics;
-use crate::node::{Attached, ConnFlags, Control, GroupFocus, Push};
+use super::pushers::{Env, PushCommand};
+use crate::node::{ConnFlags, Control, GroupFocus, Push};
 use crate::plugins::Plugins;
-use crate::quic::Link;
+use crate::quic::{ConnKey, Streams};
 use crate::session::RequestError;
 use crate::session::visibility::render;
 use crate::session::{Delivery, Offer};
 use crate::store::{Membership, PageFrom, SeqRange, Store};
 
-/// Most live pushes taken from the queue for one write.
-const BATCH: usize = 64;
 /// Most messages read from the log per catch-up page.
 const CATCH_UP_PAGE: usize = 256;
 /// Wait before retrying a catch-up after the store failed.
@@ -48,23 +46,30 @@ pub(crate) struct Resume {
     pub position: u64,
 }
 
-pub(crate) struct Pusher<'a> {
-    store: &'a dyn Store,
-    plugins: &'a Plugins,
-    metrics: &'a ServerMetrics,
+/// A page of a group's log, rendered for one user: what a catch-up task hands back.
+pub(crate) struct CatchUpPage {
+    pub pushes: Vec<Arc<Push>>,
+    /// The page was as long as asked: the log may hold more.
+    pub full: bool,
+}
+
+pub(crate) struct Pusher {
+    conn: ConnKey,
+    user: Arc<str>,
+    device: Arc<str>,
     cursors: DeviceCursors,
-    user: &'a str,
-    device: &'a str,
     max_catch_up: u64,
     delivery: Delivery,
-    pushes: mpsc::Receiver<Arc<Push>>,
-    control: mpsc::UnboundedReceiver<Control>,
     flags: Arc<ConnFlags>,
-    /// Frames to write at the end of this turn, in order.
+    /// Frames to write when the loop settles this connection, in order.
     out: Vec<Bytes>,
     /// `UnreadChanged` frames waiting for the next write, until `release_unread_at`.
     unread: Vec<Bytes>,
     release_unread_at: Option<Instant>,
+    /// A catch-up page is being read (one at a time per connection).
+    reading: bool,
+    /// Groups taken from the delivery's behind set, to read one after another.
+    behind: VecDeque<String>,
     retry_catch_up_at: Option<Instant>,
     /// Groups behind on connect, and the seq the device must acknowledge in each before
     /// it is in sync with the offline buffer up to `sync_position`.
@@ -79,39 +84,35 @@ pub(crate) struct Pusher<'a> {
     activity_at: Option<Instant>,
     activity_sent_at: Option<Instant>,
     activity_every: Duration,
-    /// When the oldest live push waiting in `out` reached this gateway.
-    oldest_live: Option<Instant>,
-    /// Wakes the connection for retransmits, a catch-up retry or held `UnreadChanged`
-    /// frames, at `timer_at`.
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    timer_at: Option<Instant>,
+    /// The deadline the pushers' timer set holds for this connection.
+    pub(super) timer_at: Option<Instant>,
+    /// Offered pushes this turn and not settled yet (listed in `Pushers::offered`).
+    pub(super) offered: bool,
 }
 
-impl<'a> Pusher<'a> {
+impl Pusher {
     pub(crate) fn new(
-        shared: &'a Shared,
-        user: &'a str,
-        device: &'a str,
+        shared: &Shared,
+        conn: ConnKey,
+        (user, device): (&str, &str),
         resume: &Resume,
         (live, catch_up): (AckPolicy, AckPolicy),
-        attached: Attached,
+        flags: Arc<ConnFlags>,
     ) -> Self {
         let config = &shared.config;
         let mut pusher = Self {
-            store: shared.node.store.as_ref(),
-            plugins: &shared.node.plugins,
-            metrics: &shared.metrics,
+            conn,
+            user: user.into(),
+            device: device.into(),
             cursors: shared.cursors.device(user, device),
-            user,
-            device,
             max_catch_up: config.offline.max_catch_up,
             delivery: Delivery::new(live, catch_up, config.delivery.window),
-            pushes: attached.pushes,
-            control: attached.control,
-            flags: attached.flags,
+            flags,
             out: Vec::new(),
             unread: Vec::new(),
             release_unread_at: None,
+            reading: false,
+            behind: VecDeque::new(),
             retry_catch_up_at: None,
             unsynced: HashMap::new(),
             sync_position: Some(resume.position),
@@ -120,9 +121,8 @@ impl<'a> Pusher<'a> {
             activity_at: None,
             activity_sent_at: None,
             activity_every: Duration::from_millis(config.delivery.activity_ms.into()),
-            oldest_live: None,
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_at: None,
+            offered: false,
         };
         let cursors: HashMap<&str, u64> = resume
             .cursors
@@ -140,7 +140,7 @@ impl<'a> Pusher<'a> {
             match resume.latest.get(&m.group) {
                 Some(&latest) if latest > after => {
                     pusher.delivery.join(&m.group, after);
-                    pusher.skip_to_newest(&m.group, latest);
+                    pusher.skip_to_newest(&m.group, latest, &shared.metrics.skipped);
                     pusher.unsynced.insert(m.group.clone(), latest);
                 }
                 _ => {
@@ -155,10 +155,24 @@ impl<'a> Pusher<'a> {
         pusher
     }
 
+    /// The connection starts: in sync from the start, its sync point is written now. Not
+    /// at the first ACK: 5,000 connections acknowledging their first push at once queued
+    /// 5,000 store writes (steady-5k p99 0.9 → 19.7 s).
+    pub(super) fn start(&mut self, env: &Env) {
+        if self.unsynced.is_empty() {
+            self.save_sync_point(env);
+        }
+    }
+
     /// Pushing `group` goes on at most `max_catch_up` messages before `latest`: the client
     /// is told which older ones it skipped, and the cursor moves past them as if they were
     /// acknowledged (once nothing before them is in flight).
-    fn skip_to_newest(&mut self, group: &str, latest: u64) {
+    fn skip_to_newest(
+        &mut self,
+        group: &str,
+        latest: u64,
+        skipped: &prometheus_client::metrics::counter::Counter,
+    ) {
         let Some(sent) = self.delivery.sent(group) else {
             return;
         };
@@ -174,102 +188,30 @@ impl<'a> Pusher<'a> {
             }
             .encode(),
         );
-        self.metrics.skipped.inc_by(start - sent);
+        skipped.inc_by(start - sent);
         if let Some(cursor) = self.delivery.skip_to(group, start) {
             self.cursors.record([(Arc::from(group), cursor)]);
         }
     }
 
-    pub(crate) async fn run(mut self, link: &Link) -> Result<(), Refusal> {
-        let result = self.serve(link).await;
-        // A device reconnecting elsewhere right away resumes from what this one acknowledged.
-        Box::pin(self.cursors.flush()).await;
-        result
-    }
-
-    async fn serve(&mut self, link: &Link) -> Result<(), Refusal> {
-        if self.unsynced.is_empty() {
-            // In sync from the start: written while connecting. Not at the first ACK: the
-            // sync point waits for a store write, and 5,000 connections acknowledging their
-            // first push at once queued 5,000 writes (steady-5k p99 0.9 → 19.7 s).
-            Box::pin(self.save_sync_point()).await;
-        }
-        loop {
-            // Boxed, like the other rare steps: the pusher's own state stays small while
-            // it waits (one per connection).
-            if self.delivery.has_behind() {
-                Box::pin(self.catch_up()).await;
-            }
-            self.flush(link).await?;
-            let deadline = [
-                self.delivery.next_deadline(),
-                self.retry_catch_up_at,
-                self.release_unread_at,
-                self.activity_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            // One timer per connection, moved only when the deadline comes sooner: it fires
-            // about once per retransmit timeout while ACKs keep up (each firing drops the
-            // acknowledged entries), not once per push.
-            if let Some(at) = deadline.filter(|at| self.timer_at.is_none_or(|t| *at < t)) {
-                self.timer.as_mut().reset(at.into());
-                self.timer_at = Some(at);
-            }
-            tokio::select! {
-                push = self.pushes.recv() => {
-                    let Some(push) = push else { return Ok(()) };
-                    let now = Instant::now();
-                    self.offer_live(push, now);
-                    self.take_queued(now);
-                    if self.out.len() < BATCH {
-                        // Let the tasks already woken (the node fanning out the events that
-                        // arrived with this one) run first: more pushes share each packet.
-                        tokio::task::yield_now().await;
-                        self.take_queued(Instant::now());
-                    }
-                }
-                control = self.control.recv() => match control {
-                    Some(Control::Finish) | None => return Ok(()),
-                    Some(control) => self.on_control(control).await,
-                },
-                _ = &mut self.timer, if self.timer_at.is_some() => {
-                    self.timer_at = None;
-                    let now = Instant::now();
-                    let due = self.delivery.due_retransmits(now);
-                    self.metrics.retransmits.inc_by(due.len() as u64);
-                    self.out.extend(due);
-                }
-            }
-            if self.flags.lagged.swap(false, Ordering::Relaxed) {
-                self.delivery.resync_all();
-            }
-        }
-    }
-
-    /// Offers what else is queued, up to a batch (one clock reading for all of them).
-    fn take_queued(&mut self, now: Instant) {
-        while self.out.len() < BATCH {
-            match self.pushes.try_recv() {
-                Ok(push) => self.offer_live(push, now),
-                Err(_) => break,
-            }
-        }
-    }
-
-    fn offer_live(&mut self, push: Arc<Push>, now: Instant) {
+    /// Offers one live push; true if it goes out.
+    pub(super) fn offer_live(&mut self, push: &Arc<Push>, now: Instant) -> bool {
         if !self.unconfirmed.is_empty() {
             self.confirm(&push.group);
         }
-        if self.delivery.offer(&push, false, now) == Offer::Send {
-            self.metrics.pushes.inc();
-            self.oldest_live.get_or_insert(push.received);
+        let send = self.delivery.offer(push, false, now) == Offer::Send;
+        if send {
             self.out.push(push.bytes.clone());
         }
+        send
     }
 
-    async fn on_control(&mut self, control: Control) {
+    /// Live events may have been missed: every group catches up from the log.
+    pub(super) fn resync(&mut self) {
+        self.delivery.resync_all();
+    }
+
+    pub(super) fn on_control(&mut self, control: Control, env: &Env, now: Instant) {
         match control {
             Control::Joined {
                 group,
@@ -294,26 +236,23 @@ impl<'a> Pusher<'a> {
                 latest,
             } => {
                 if self.delivery.is_background(&group) {
-                    self.skip_to_newest(&group, latest);
+                    self.skip_to_newest(&group, latest, &env.metrics.skipped);
                     self.delivery.set_background(&group, false);
                 }
             }
             Control::Activity(focus) => {
                 self.activity.push(focus);
-                let now = Instant::now();
                 let allowed = self
                     .activity_sent_at
                     .map_or(now, |at| at + self.activity_every);
                 self.activity_at.get_or_insert(allowed.max(now));
             }
             Control::Left { group } => self.delivery.leave(&group),
-            Control::Finish => {}
             Control::Resync => self.delivery.resync_all(),
             Control::Notice(frame) => self.out.push(frame),
             Control::Unread(frame) => {
                 self.unread.push(frame);
-                self.release_unread_at
-                    .get_or_insert_with(|| Instant::now() + UNREAD_HOLD);
+                self.release_unread_at.get_or_insert(now + UNREAD_HOLD);
             }
             Control::Counted { group, seq } => {
                 if self.confirm(&group) && self.delivery.sent(&group).is_some_and(|sent| sent < seq)
@@ -323,8 +262,8 @@ impl<'a> Pusher<'a> {
             }
             Control::Ack(ranges) => {
                 let in_flight = self.delivery.in_flight();
-                let advanced = self.delivery.ack(&ranges, Instant::now());
-                self.metrics
+                let advanced = self.delivery.ack(&ranges, now);
+                env.metrics
                     .acked
                     .inc_by((in_flight - self.delivery.in_flight()) as u64);
                 if !advanced.is_empty() {
@@ -336,7 +275,7 @@ impl<'a> Pusher<'a> {
                     self.unsynced
                         .retain(|group, latest| delivery.acked(group).is_some_and(|a| a < *latest));
                     if self.unsynced.is_empty() {
-                        Box::pin(self.save_sync_point()).await;
+                        self.save_sync_point(env);
                     }
                 }
             }
@@ -344,84 +283,107 @@ impl<'a> Pusher<'a> {
     }
 
     /// Once the device has everything its offline buffer named on connect: it is in sync
-    /// up to there (written once per connection).
-    async fn save_sync_point(&mut self) {
+    /// up to there (written once per connection, by a task of its own).
+    fn save_sync_point(&mut self, env: &Env) {
         let Some(position) = self.sync_position.take() else {
             return;
         };
-        // The sync point claims the cursors it covers are stored: write them first.
-        self.cursors.flush().await;
-        if let Err(error) = self
-            .store
-            .offline_synced(self.user, self.device, position)
-            .await
-        {
-            // The next connect of this device is more careful: it reads every head.
-            tracing::warn!(user = %self.user, %error, "saving the offline sync point failed");
-        }
+        let (store, cursors) = (env.store.clone(), env.cursors.clone());
+        let (user, device) = (self.user.clone(), self.device.clone());
+        tokio::spawn(async move {
+            // The sync point claims the cursors it covers are stored: write them first.
+            cursors.flush().await;
+            if let Err(error) = store.offline_synced(&user, &device, position).await {
+                // The next connect of this device is more careful: it reads every head.
+                tracing::warn!(%user, %error, "saving the offline sync point failed");
+            }
+        });
     }
 
-    /// Reads groups that fell behind from the log, as far as the window allows.
-    async fn catch_up(&mut self) {
-        if self.retry_catch_up_at.is_some_and(|at| Instant::now() < at) {
+    /// Retransmits what is due at `now`.
+    pub(super) fn on_timer(&mut self, now: Instant, env: &Env) {
+        let due = self.delivery.due_retransmits(now);
+        env.metrics.retransmits.inc_by(due.len() as u64);
+        self.out.extend(due);
+    }
+
+    /// Starts reading the next group that fell behind from the log, as far as the window
+    /// allows, unless a read is under way or waits to be retried.
+    fn catch_up(&mut self, env: &Env, now: Instant) {
+        if self.reading || self.retry_catch_up_at.is_some_and(|at| now < at) {
             return;
         }
         self.retry_catch_up_at = None;
-        for group in self.delivery.take_behind() {
-            if let Err(error) = self.catch_up_group(&group).await {
-                tracing::warn!(user = %self.user, %group, %error, "catch-up from the log failed; retrying");
-                self.delivery.mark_behind(&group);
-                self.retry_catch_up_at = Some(Instant::now() + STORE_RETRY);
-            }
-        }
-    }
-
-    /// Pushes what `group`'s log holds past what was sent, as this user may see it.
-    async fn catch_up_group(&mut self, group: &str) -> Result<(), RequestError> {
-        let name: Arc<str> = group.into();
         loop {
-            let (Some(after), room) = (self.delivery.sent(group), self.delivery.room()) else {
-                return Ok(());
+            if self.behind.is_empty() {
+                if !self.delivery.has_behind() {
+                    return;
+                }
+                self.behind.extend(self.delivery.take_behind());
+            }
+            let Some(group) = self.behind.pop_front() else {
+                // No room in the window: go on once ACKs make some.
+                return;
+            };
+            let (Some(after), room) = (self.delivery.sent(&group), self.delivery.room()) else {
+                continue; // left meanwhile
             };
             let limit = room.min(CATCH_UP_PAGE);
             if limit == 0 {
-                // The window is full: go on once ACKs make room.
+                self.delivery.mark_behind(&group);
+                return;
+            }
+            self.reading = true;
+            let (conn, user) = (self.conn, self.user.clone());
+            let (store, plugins, inbox) =
+                (env.store.clone(), env.plugins.clone(), env.inbox.clone());
+            tokio::spawn(async move {
+                let page = read_page(&*store, &plugins, &user, &group, after, limit).await;
+                inbox.send(PushCommand::CaughtUp { conn, group, page });
+            });
+            return;
+        }
+    }
+
+    /// A catch-up page arrived: push it, as far as the window allows.
+    pub(super) fn on_caught_up(
+        &mut self,
+        group: &str,
+        page: Result<CatchUpPage, RequestError>,
+        env: &Env,
+        now: Instant,
+    ) {
+        self.reading = false;
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(user = %self.user, %group, %error, "catch-up from the log failed; retrying");
                 self.delivery.mark_behind(group);
-                return Ok(());
+                self.retry_catch_up_at = Some(now + STORE_RETRY);
+                return;
             }
-            let range = SeqRange {
-                after,
-                before: u64::MAX,
-            };
-            let page = self
-                .store
-                .messages(group, range, PageFrom::Oldest, limit)
-                .await?;
-            let full = page.len() == limit;
-            self.confirm(group);
-            let hidden = self.plugins.hidden(self.user, group, &page).await?;
-            let now = Instant::now();
-            for message in page {
-                let push = Arc::new(Push {
-                    group: name.clone(),
-                    seq: message.seq,
-                    bytes: encode_push(&render(
-                        self.user,
-                        message,
-                        &hidden,
-                        Message::FLAG_CATCH_UP,
-                    )),
-                    received: now,
-                });
-                if self.delivery.offer(&push, true, now) != Offer::Send {
-                    return Ok(());
+        };
+        self.confirm(group);
+        let (mut pushed, mut whole) = (0, true);
+        for push in &page.pushes {
+            match self.delivery.offer(push, true, now) {
+                Offer::Send => {
+                    pushed += 1;
+                    self.out.push(push.bytes.clone());
                 }
-                self.metrics.pushes.inc();
-                self.out.push(push.bytes.clone());
+                // Pushed live while the page was read.
+                Offer::Duplicate => {}
+                // Behind again (the window filled), left, or in the background.
+                _ => {
+                    whole = false;
+                    break;
+                }
             }
-            if !full {
-                return Ok(());
-            }
+        }
+        env.metrics.pushes.inc_by(pushed);
+        if page.full && whole {
+            // The log may hold more: read on.
+            self.delivery.mark_behind(group);
         }
     }
 
@@ -435,7 +397,7 @@ impl<'a> Pusher<'a> {
     }
 
     /// One `Activity` frame (or a few) naming the background groups with new messages.
-    fn report_activity(&mut self, now: Instant) {
+    fn report_activity(&mut self, now: Instant, env: &Env) {
         let mut groups = Vec::new();
         for focus in std::mem::take(&mut self.activity) {
             let Some(seq) = focus.take_unreported() else {
@@ -461,32 +423,75 @@ impl<'a> Pusher<'a> {
         }
         self.activity_at = None;
         if !groups.is_empty() {
-            self.metrics.activity.inc_by(groups.len() as u64);
+            env.metrics.activity.inc_by(groups.len() as u64);
             self.activity_sent_at = Some(now);
         }
     }
 
-    async fn flush(&mut self, link: &Link) -> Result<(), Refusal> {
-        let release = |at: Option<Instant>| at.is_some_and(|at| at <= Instant::now());
-        if release(self.activity_at) {
-            self.report_activity(Instant::now());
+    /// Writes what is ready to the push stream, starts a catch-up the window has room
+    /// for, and returns when this connection next has something due.
+    pub(super) fn settle(
+        &mut self,
+        env: &Env,
+        now: Instant,
+        streams: &mut Streams<'_>,
+    ) -> Option<Instant> {
+        if !self.behind.is_empty() || self.delivery.has_behind() {
+            self.catch_up(env, now);
         }
-        if !self.unread.is_empty() && (!self.out.is_empty() || release(self.release_unread_at)) {
+        if self.activity_at.is_some_and(|at| at <= now) {
+            self.report_activity(now, env);
+        }
+        if !self.unread.is_empty()
+            && (!self.out.is_empty() || self.release_unread_at.is_some_and(|at| at <= now))
+        {
             self.out.append(&mut self.unread);
             self.release_unread_at = None;
         }
-        if self.out.is_empty() {
-            return Ok(());
+        for frame in self.out.drain(..) {
+            streams.write_push(self.conn, frame);
         }
-        link.write_push(&mut self.out).await.map_err(|e| Refusal {
-            code: ErrorCode::INTERNAL,
-            reason: format!("push stream failed: {e}"),
-        })?;
-        if let Some(oldest) = self.oldest_live.take() {
-            self.metrics
-                .push_delay
-                .observe(oldest.elapsed().as_secs_f64());
-        }
-        Ok(())
+        [
+            self.delivery.next_deadline(),
+            self.retry_catch_up_at,
+            self.release_unread_at,
+            self.activity_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
+}
+
+/// Reads one page of `group`'s log after `after`, as `user` may see it, encoded once.
+async fn read_page(
+    store: &dyn Store,
+    plugins: &Plugins,
+    user: &str,
+    group: &str,
+    after: u64,
+    limit: usize,
+) -> Result<CatchUpPage, RequestError> {
+    let range = SeqRange {
+        after,
+        before: u64::MAX,
+    };
+    let page = store
+        .messages(group, range, PageFrom::Oldest, limit)
+        .await?;
+    let full = page.len() == limit;
+    let hidden = plugins.hidden(user, group, &page).await?;
+    let (name, now): (Arc<str>, _) = (group.into(), Instant::now());
+    let pushes = page
+        .into_iter()
+        .map(|message| {
+            Arc::new(Push {
+                group: name.clone(),
+                seq: message.seq,
+                bytes: encode_push(&render(user, message, &hidden, Message::FLAG_CATCH_UP)),
+                received: now,
+            })
+        })
+        .collect();
+    Ok(CatchUpPage { pushes, full })
 }

@@ -22,7 +22,10 @@ pub(crate) struct ServerMetrics {
     pub skipped: Counter,
     /// Background groups reported in `Activity` frames instead of pushed.
     pub activity: Counter,
-    /// How long the oldest live push of each write waited on this gateway.
+    /// Live pushes not held for a connection still starting, past `delivery.queue` (it
+    /// catches up from the log instead).
+    pub dropped: Counter,
+    /// From a live message's arrival to its push queued on every local recipient's stream.
     pub push_delay: Histogram,
 }
 
@@ -38,6 +41,7 @@ impl Default for ServerMetrics {
             acked: Counter::default(),
             skipped: Counter::default(),
             activity: Counter::default(),
+            dropped: Counter::default(),
             push_delay: latency_histogram(),
         }
     }
@@ -107,6 +111,11 @@ impl ServerMetrics {
                 "Background groups reported in Activity frames (compact notices) instead of pushed",
                 &self.activity,
             ),
+            (
+                "pushes_dropped",
+                "Live pushes not held for a connection still starting, past delivery.queue (it catches up from the log)",
+                &self.dropped,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -124,7 +133,7 @@ impl ServerMetrics {
         register_seconds(
             registry,
             "push_delay",
-            "How long the oldest live push in each write waited on this gateway",
+            "From a live message's arrival from the bus to its push queued on every local recipient's stream",
             self.push_delay.clone(),
         );
     }

@@ -5,7 +5,7 @@
 //! both (docs/BENCHMARKS.md, nineteenth set).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,11 +58,11 @@ pub fn start(
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (joined_tx, joined) = oneshot::channel();
     let mut members = Vec::with_capacity(joining.len());
-    let mut hellos = Vec::with_capacity(joining.len());
-    for j in joining {
+    let mut hellos = VecDeque::with_capacity(joining.len());
+    for (index, j) in joining.into_iter().enumerate() {
         let (member, hello) = Member::new(j.token, background);
         members.push(member);
-        hellos.push((j.gateway, hello));
+        hellos.push_back((index, j.gateway, hello));
     }
     let run = Loop {
         driver,
@@ -72,7 +72,7 @@ pub fn start(
         conns: vec![None; members.len()],
         errors: vec![None; members.len()],
         members,
-        hellos: hellos.into_iter().enumerate().collect(),
+        hellos,
         joining: 0,
         joined: 0,
         joined_tx: Some(joined_tx),
@@ -93,7 +93,7 @@ struct Loop {
     conns: Vec<Option<ConnKey>>,
     errors: Vec<Option<String>>,
     /// Members not connecting yet, with where to and what to say first.
-    hellos: std::collections::VecDeque<(usize, (SocketAddr, Vec<Bytes>))>,
+    hellos: VecDeque<(usize, SocketAddr, Vec<Bytes>)>,
     /// Handshakes (and Hellos) in flight, and members done joining.
     joining: usize,
     joined: usize,
@@ -159,7 +159,7 @@ impl Loop {
 
     fn start_joins(&mut self, now: Instant) {
         while self.joining < JOINING {
-            let Some((index, (gateway, hello))) = self.hellos.pop_front() else {
+            let Some((index, gateway, hello)) = self.hellos.pop_front() else {
                 return;
             };
             match self

@@ -192,12 +192,16 @@ impl Driver {
         server_name: &str,
     ) -> Result<ConnKey, ConnectError> {
         let (handle, inner) = self.endpoint.connect(now, config, remote, server_name)?;
-        let conn = self.insert(handle, inner);
-        conn.control_wanted = true;
-        Ok(ConnKey {
-            index: handle.0 as u32,
-            generation: self.slots[handle.0].generation,
-        })
+        self.insert(handle, inner).control_wanted = true;
+        Ok(self.key(handle.0))
+    }
+
+    /// The key of the connection now in slot `index`.
+    fn key(&self, index: usize) -> ConnKey {
+        ConnKey {
+            index: index as u32,
+            generation: self.slots[index].generation,
+        }
     }
 
     /// Connections open or closing.
@@ -420,11 +424,7 @@ impl Driver {
 
     /// False if the socket filled up (the connection stays dirty).
     fn poll_conn(&mut self, index: usize, now: Instant, tx: &mut impl Transmitter) -> bool {
-        let generation = self.slots[index].generation;
-        let key = ConnKey {
-            index: index as u32,
-            generation,
-        };
+        let key = self.key(index);
         let Some(conn) = self.slots[index].conn.as_mut() else {
             return true;
         };
